@@ -1,0 +1,184 @@
+"""Model configurations: the released `large`, `base`, and a `tiny` one for tests.
+
+Configs are frozen dataclasses so they can be hashed (static jit arguments) and written
+to / read from JSON. `Wav2Vec2Config` uses the field names of the Hugging Face
+`config.json`, so one can be read straight from a wav2vec2 directory on disk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Wav2Vec2Config:
+  """The subset of HF `Wav2Vec2Config` that the encoder's forward pass depends on."""
+
+  hidden_size: int = 1024
+  num_hidden_layers: int = 24
+  num_attention_heads: int = 16
+  intermediate_size: int = 4096
+  hidden_act: str = "gelu"
+  hidden_dropout: float = 0.1
+  attention_dropout: float = 0.1
+  activation_dropout: float = 0.1
+  feat_proj_dropout: float = 0.1
+  layerdrop: float = 0.1
+  layer_norm_eps: float = 1e-5
+  feat_extract_norm: str = "layer"  # "layer" (lv60) or "group" (base)
+  feat_extract_activation: str = "gelu"
+  conv_dim: tuple[int, ...] = (512,) * 7
+  conv_kernel: tuple[int, ...] = (10, 3, 3, 3, 3, 2, 2)
+  conv_stride: tuple[int, ...] = (5, 2, 2, 2, 2, 2, 2)
+  conv_bias: bool = True
+  num_conv_pos_embeddings: int = 128
+  num_conv_pos_embedding_groups: int = 16
+  do_stable_layer_norm: bool = True
+  apply_spec_augment: bool = True
+  mask_time_prob: float = 0.05
+  mask_time_length: int = 10
+  mask_time_min_masks: int = 2
+
+  def __post_init__(self):
+    if self.feat_extract_norm not in ("layer", "group"):
+      raise ValueError(f"feat_extract_norm must be 'layer' or 'group', got {self.feat_extract_norm!r}")
+    if not (len(self.conv_dim) == len(self.conv_kernel) == len(self.conv_stride)):
+      raise ValueError("conv_dim, conv_kernel and conv_stride must have the same length")
+    if self.hidden_size % self.num_attention_heads:
+      raise ValueError("hidden_size must be divisible by num_attention_heads")
+    for name in ("hidden_act", "feat_extract_activation"):
+      if getattr(self, name) != "gelu":
+        raise ValueError(f"only exact GELU is supported for {name}, got {getattr(self, name)!r}")
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> "Wav2Vec2Config":
+    """Builds a config from a HF config dict, ignoring fields the encoder does not use."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names}
+    return cls(**kwargs)
+
+  @classmethod
+  def from_json(cls, path: str | os.PathLike) -> "Wav2Vec2Config":
+    """Reads a HF wav2vec2 `config.json` (or a directory holding one)."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+      path = os.path.join(path, "config.json")
+    try:
+      with open(path) as f:
+        d = json.load(f)
+    except FileNotFoundError:
+      raise FileNotFoundError(f"{path}: no wav2vec2 config.json there") from None
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path}: not valid JSON ({e})") from None
+    model_type = d.get("model_type", "wav2vec2")
+    if model_type != "wav2vec2":
+      raise ValueError(f"{path}: model_type is {model_type!r}, expected 'wav2vec2'")
+    return cls.from_dict(d)
+
+  def to_hf_dict(self) -> dict[str, Any]:
+    """A dict that `transformers.Wav2Vec2Config(**d)` accepts."""
+    d = dataclasses.asdict(self)
+    d = {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+    d["num_feat_extract_layers"] = len(self.conv_dim)
+    d["model_type"] = "wav2vec2"
+    return d
+
+  @property
+  def conv_out_dim(self) -> int:
+    return self.conv_dim[-1]
+
+
+# facebook/wav2vec2-large-960h-lv60-self, as published.
+WAV2VEC2_LARGE_LV60 = Wav2Vec2Config()
+
+# facebook/wav2vec2-base-960h, as published.
+WAV2VEC2_BASE_960H = Wav2Vec2Config(
+    hidden_size=768,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    intermediate_size=3072,
+    feat_extract_norm="group",
+    conv_bias=False,
+    do_stable_layer_norm=False,
+    feat_proj_dropout=0.1,
+    layerdrop=0.1,
+)
+
+# Small but structurally complete: every code path of the large one, cheap on CPU.
+WAV2VEC2_TINY = Wav2Vec2Config(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    conv_dim=(16, 16, 16, 16, 16, 16, 16),
+    num_conv_pos_embeddings=16,
+    num_conv_pos_embedding_groups=4,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class DualTalkConfig:
+  """The DualTalk model around two wav2vec2 encoders (names follow the released code)."""
+
+  wav2vec2: Wav2Vec2Config = WAV2VEC2_LARGE_LV60
+  feature_dim: int = 256  # audio_projection / blendshape_encoder output
+  motion_dim: int = 56  # exp(50) + jaw(3) + neck(3)
+  blendshape_hidden: int = 128
+  cross_attention_heads: int = 4
+  lstm_hidden: int = 128  # per direction; bidirectional output = 2 * lstm_hidden
+  lstm_layers: int = 2
+  interaction_layers: int = 3
+  interaction_heads: int = 4
+  interaction_ff: int = 2048
+  interaction_dropout: float = 0.1  # inside the torch transformer layers
+  self_attention_dropout: float = 0.5  # Dropout after interaction_module.self_attention
+  synthesis_layers: int = 1
+  modulation_scale: float = 0.1
+  sample_rate: int = 16000
+  fps: int = 25
+
+  def __post_init__(self):
+    if 2 * self.lstm_hidden != self.feature_dim:
+      raise ValueError("the BiLSTM output (2 * lstm_hidden) must equal feature_dim")
+
+  @property
+  def model_dim(self) -> int:
+    """Width of the interaction and synthesis modules: [audio_self, lstm] concatenated."""
+    return 2 * self.feature_dim
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> "DualTalkConfig":
+    d = dict(d)
+    w2v = d.pop("wav2vec2", {})
+    if not isinstance(w2v, Wav2Vec2Config):
+      w2v = Wav2Vec2Config.from_dict(w2v)
+    return cls(wav2vec2=w2v, **d)
+
+
+CONFIGS = {
+    "large": DualTalkConfig(),
+    "base": DualTalkConfig(wav2vec2=WAV2VEC2_BASE_960H),
+    "tiny": DualTalkConfig(
+        wav2vec2=WAV2VEC2_TINY,
+        feature_dim=16,
+        blendshape_hidden=8,
+        lstm_hidden=8,
+        interaction_ff=64,
+    ),
+}
+
+
+def get_model_config(name: str, wav2vec2_config: str | None = None) -> DualTalkConfig:
+  """Named config, optionally with its wav2vec2 part read from a HF `config.json`."""
+  if name not in CONFIGS:
+    raise ValueError(f"unknown model config {name!r}; choose from {sorted(CONFIGS)}")
+  cfg = CONFIGS[name]
+  if wav2vec2_config:
+    cfg = dataclasses.replace(cfg, wav2vec2=Wav2Vec2Config.from_json(wav2vec2_config))
+  return cfg
