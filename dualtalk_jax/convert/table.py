@@ -1,0 +1,246 @@
+"""The one conversion table between our NNX parameters and PyTorch state dicts.
+
+Module paths mirror the released PyTorch model, so a JAX parameter path becomes a torch
+key by a few declarative rules, tried in order (first full match wins):
+
+    JAX leaf (regex over the dotted NNX path)        torch key                        transform
+    ...(cross_attention|self_attention|self_attn|    ...in_proj_weight / in_proj_bias  q, k, v packed
+        multihead_attn).{q,k,v}_proj.{kernel,bias}                                     along dim 0
+    ...temporal_lstm.{ih,hh}_l{k}[_reverse].kernel   ...weight_{ih,hh}_l{k}[_reverse]  transpose
+    ...conv_layers.{i}.conv.kernel                   ...weight                         (k,in,out)->(out,in,k)
+    ...pos_conv_embed.conv.weight_{g,v}              ...parametrizations.weight.       identity
+                                                        original{0,1}
+    ...kernel                                        ...weight                         transpose
+    ...scale / ...bias / masked_spec_embed           ...weight / ...bias / same        identity
+
+plus one module rename, `blendshape_encoder.layers.{i}` <-> `blendshape_encoder.{i}`
+(`nnx.Sequential` keeps its children under `layers`). The same table drives both
+directions, and every key and shape is checked: unknown, missing or mis-shaped keys raise
+`ConversionError` listing them.
+
+Weight norm: torch < 2.1 saved `weight_g`/`weight_v` (as in the released checkpoint);
+newer torch saves `parametrizations.weight.original0/1`. Both are read; `weight_norm=`
+picks what is written ('new' by default, 'legacy').
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any, Callable
+
+import numpy as np
+from flax import nnx
+
+
+class ConversionError(ValueError):
+  """A state dict does not match the model: lists every offending key."""
+
+
+_PACKED = r"(?:cross_attention|self_attention|self_attn|multihead_attn)"
+
+# (JAX path regex, torch key template, transform). Order matters: first match wins.
+RULES: tuple[tuple[str, str, str], ...] = (
+    (rf"(.*{_PACKED})\.([qkv])_proj\.kernel", r"\1.in_proj_weight", "packed_kernel"),
+    (rf"(.*{_PACKED})\.([qkv])_proj\.bias", r"\1.in_proj_bias", "packed_bias"),
+    (r"(.*temporal_lstm)\.(ih|hh)_(l\d+(?:_reverse)?)\.kernel", r"\1.weight_\2_\3", "transpose"),
+    (r"(.*temporal_lstm)\.(ih|hh)_(l\d+(?:_reverse)?)\.bias", r"\1.bias_\2_\3", "identity"),
+    (r"(.*conv_layers\.\d+\.conv)\.kernel", r"\1.weight", "conv"),
+    (r"(.*pos_conv_embed\.conv)\.weight_g", r"\1.parametrizations.weight.original0", "identity"),
+    (r"(.*pos_conv_embed\.conv)\.weight_v", r"\1.parametrizations.weight.original1", "identity"),
+    (r"(.*)\.kernel", r"\1.weight", "transpose"),
+    (r"(.*)\.scale", r"\1.weight", "identity"),
+    (r"(.*)\.bias", r"\1.bias", "identity"),
+    (r"(.*\.)?(masked_spec_embed)", r"\1\2", "identity"),
+)
+_COMPILED = tuple((re.compile(p), t, k) for p, t, k in RULES)
+
+# Module renames applied to the JAX path before the rules (JAX regex, torch replacement).
+RENAMES: tuple[tuple[str, str], ...] = ((r"blendshape_encoder\.layers\.(\d+)\.", r"blendshape_encoder.\1."),)
+
+_LEGACY_WN = {"parametrizations.weight.original0": "weight_g", "parametrizations.weight.original1": "weight_v"}
+WEIGHT_NORM_NAMINGS = ("new", "legacy")
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  """One torch tensor and the JAX leaves it is made of (3 for a packed in_proj)."""
+
+  torch_key: str
+  jax_paths: tuple[str, ...]
+  transform: str
+
+
+def path_str(path: Iterable[Any]) -> str:
+  return ".".join(str(p) for p in path)
+
+
+def _torch_key(jax_path: str) -> tuple[str, str, str | None]:
+  """(torch key, transform, packed part or None) for one JAX leaf path."""
+  renamed = jax_path
+  for pattern, repl in RENAMES:
+    renamed = re.sub(pattern, repl, renamed)
+  for regex, template, transform in _COMPILED:
+    m = regex.fullmatch(renamed)
+    if m:
+      part = m.group(2) if transform.startswith("packed") else None
+      return m.expand(template), transform, part
+  raise ConversionError(f"no conversion rule for parameter {jax_path!r}")
+
+
+def build_entries(jax_paths: Iterable[str]) -> list[Entry]:
+  """Groups JAX leaf paths by the torch key they convert to (q, k, v order for packs)."""
+  groups: dict[str, dict[str, Any]] = {}
+  for p in jax_paths:
+    key, transform, part = _torch_key(p)
+    g = groups.setdefault(key, {"transform": transform, "parts": {}})
+    g["parts"][part or ""] = p
+  entries = []
+  for key, g in groups.items():
+    parts = g["parts"]
+    if g["transform"].startswith("packed"):
+      if sorted(parts) != ["k", "q", "v"]:
+        raise ConversionError(f"{key}: needs q, k and v projections, found {sorted(parts)}")
+      paths = (parts["q"], parts["k"], parts["v"])
+    else:
+      paths = (parts[""],)
+    entries.append(Entry(key, paths, g["transform"]))
+  return entries
+
+
+def _to_torch_layout(transform: str, arrays: list[np.ndarray]) -> np.ndarray:
+  if transform == "identity":
+    return arrays[0]
+  if transform == "transpose":
+    return arrays[0].T
+  if transform == "conv":
+    return arrays[0].transpose(2, 1, 0)
+  if transform == "packed_kernel":
+    return np.concatenate([a.T for a in arrays], axis=0)
+  if transform == "packed_bias":
+    return np.concatenate(arrays, axis=0)
+  raise AssertionError(transform)
+
+
+def _from_torch_layout(transform: str, t: np.ndarray, n_parts: int) -> list[np.ndarray]:
+  if transform == "identity":
+    return [t]
+  if transform == "transpose":
+    return [t.T]
+  if transform == "conv":
+    return [t.transpose(2, 1, 0)]
+  if transform == "packed_kernel":
+    return [p.T for p in np.split(t, n_parts, axis=0)]
+  if transform == "packed_bias":
+    return list(np.split(t, n_parts, axis=0))
+  raise AssertionError(transform)
+
+
+def _expected_torch_shape(transform: str, shapes: list[tuple[int, ...]]) -> tuple[int, ...]:
+  dummies = [np.empty(s, np.uint8) for s in shapes]
+  return _to_torch_layout(transform, dummies).shape
+
+
+def canonical_key(key: str) -> str:
+  """Maps either weight-norm naming to the new one; other keys unchanged."""
+  for new, old in _LEGACY_WN.items():
+    if key.endswith("." + old) and "pos_conv_embed.conv" in key:
+      return key[: -len(old)] + new
+  return key
+
+
+def output_key(key: str, weight_norm: str) -> str:
+  if weight_norm not in WEIGHT_NORM_NAMINGS:
+    raise ValueError(f"weight_norm must be one of {WEIGHT_NORM_NAMINGS}, got {weight_norm!r}")
+  if weight_norm == "legacy":
+    for new, old in _LEGACY_WN.items():
+      if key.endswith(new):
+        return key[: -len(new)] + old
+  return key
+
+
+def param_leaves(model: nnx.Module) -> list[tuple[tuple, Any]]:
+  """The model's nnx.Param leaves as (path tuple, Variable), in NNX order."""
+  return list(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+
+
+def to_numpy(x) -> np.ndarray:
+  """torch tensor / jax array / numpy -> numpy, without copying where possible."""
+  if hasattr(x, "detach"):  # torch, imported only by callers that have it
+    x = x.detach().cpu()
+    if str(x.dtype) == "torch.bfloat16":
+      x = x.float()
+    return x.numpy()
+  return np.asarray(x)
+
+
+def torch_to_jax(
+    model: nnx.Module,
+    state_dict: Mapping[str, Any],
+    *,
+    source: str = "state dict",
+    ignore: Callable[[str], bool] | None = None,
+) -> dict[tuple, np.ndarray]:
+  """Converts a torch state dict to {JAX path tuple: numpy array} for `model`'s params.
+
+  `model` may be abstract (`nnx.eval_shape`). Tensors are converted one at a time.
+  Every key is checked: unknown keys (not `ignore`d), missing keys and wrong shapes all
+  raise one ConversionError that lists them, naming `source`.
+  """
+  leaves = param_leaves(model)
+  by_path = {path_str(p): (p, v) for p, v in leaves}
+  entries = build_entries(by_path)
+  sd = {}
+  for k in state_dict:
+    ck = canonical_key(k)
+    if ck in sd:
+      raise ConversionError(f"{source}: both weight-norm namings present for {ck}")
+    sd[ck] = k
+  needed = {e.torch_key for e in entries}
+  missing = sorted(needed - sd.keys())
+  unknown = sorted(sd[k] for k in sd.keys() - needed if not (ignore and ignore(sd[k])))
+  out: dict[tuple, np.ndarray] = {}
+  bad_shapes = []
+  for e in entries:
+    if e.torch_key not in sd:
+      continue
+    shapes = [tuple(by_path[p][1].shape) for p in e.jax_paths]
+    want = _expected_torch_shape(e.transform, shapes)
+    t = state_dict[sd[e.torch_key]]
+    if tuple(t.shape) != want:
+      bad_shapes.append(f"{sd[e.torch_key]}: {tuple(t.shape)}, expected {want}")
+      continue
+    for p, arr in zip(e.jax_paths, _from_torch_layout(e.transform, to_numpy(t), len(e.jax_paths))):
+      path, var = by_path[p]
+      out[path] = np.ascontiguousarray(arr, dtype=var.dtype)
+  problems = []
+  if missing:
+    problems.append(f"{len(missing)} missing key(s): {', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}")
+  if unknown:
+    problems.append(f"{len(unknown)} unknown key(s): {', '.join(unknown[:20])}{' ...' if len(unknown) > 20 else ''}")
+  if bad_shapes:
+    problems.append(f"{len(bad_shapes)} mis-shaped key(s): {'; '.join(bad_shapes[:20])}")
+  if problems:
+    raise ConversionError(f"{source} does not match the model: " + " | ".join(problems))
+  return out
+
+
+def jax_to_torch(model: nnx.Module, *, weight_norm: str = "new") -> dict[str, np.ndarray]:
+  """The model's params as a torch-layout {key: numpy array} (keys in NNX order)."""
+  leaves = {path_str(p): np.asarray(v[...]) for p, v in param_leaves(model)}
+  return {
+      output_key(e.torch_key, weight_norm): np.ascontiguousarray(_to_torch_layout(e.transform, [leaves[p] for p in e.jax_paths]))
+      for e in build_entries(leaves)
+  }
+
+
+def assign(model: nnx.Module, arrays: Mapping[tuple, Any]) -> None:
+  """Writes {path tuple: array} into a concrete model's params (all must be present)."""
+  state = nnx.state(model, nnx.Param)
+  flat = nnx.to_flat_state(state)
+  missing = [path_str(p) for p, _ in flat if p not in arrays]
+  if missing:
+    raise ConversionError(f"no value for {len(missing)} parameter(s): {missing[:10]}")
+  new = nnx.from_flat_state([(p, v.replace(value=arrays[p])) for p, v in flat])
+  nnx.update(model, new)
