@@ -30,7 +30,14 @@ MOTION_DIM = 56  # exp(50) + jaw(3) + neck(3)
 
 
 class AudioError(ValueError):
-  """An audio file that cannot be used; the message names the file and the problem."""
+  """An audio file that cannot be used; the message names the file and the problem.
+
+  `kind` is one of: missing, empty, truncated, unreadable, multichannel, nonfinite.
+  """
+
+  def __init__(self, message: str, kind: str = "unreadable"):
+    super().__init__(message)
+    self.kind = kind
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,10 +76,10 @@ def _check_wav_not_truncated(path: str) -> None:
         if csize not in (0, 0xFFFFFFFF) and csize > available:
           raise AudioError(
               f"{path}: truncated WAV: data chunk declares {csize} bytes but only "
-              f"{available} are present")
+              f"{available} are present", "truncated")
         return
       pos += 8 + csize + (csize & 1)
-    raise AudioError(f"{path}: truncated WAV: no data chunk found")
+    raise AudioError(f"{path}: truncated WAV: no data chunk found", "truncated")
 
 
 def read_audio(path: str | os.PathLike, *, channel: int | None = None,
@@ -83,9 +90,9 @@ def read_audio(path: str | os.PathLike, *, channel: int | None = None,
 
   path = os.fspath(path)
   if not os.path.exists(path):
-    raise AudioError(f"{path}: no such audio file")
+    raise AudioError(f"{path}: no such audio file", "missing")
   if os.path.getsize(path) == 0:
-    raise AudioError(f"{path}: empty file (0 bytes)")
+    raise AudioError(f"{path}: empty file (0 bytes)", "empty")
   _check_wav_not_truncated(path)
   try:
     info = sf.info(path)
@@ -94,28 +101,29 @@ def read_audio(path: str | os.PathLike, *, channel: int | None = None,
     raise AudioError(f"{path}: unreadable audio ({type(e).__name__}: {e})") from None
   if info.frames > 0 and data.shape[0] < info.frames:
     raise AudioError(f"{path}: truncated audio: header declares {info.frames} samples, "
-                     f"only {data.shape[0]} could be read")
+                     f"only {data.shape[0]} could be read", "truncated")
   if data.shape[0] == 0:
-    raise AudioError(f"{path}: audio has no samples")
+    raise AudioError(f"{path}: audio has no samples", "empty")
   channels = data.shape[1]
   if channel is None:
     if channels != 1:
       raise AudioError(f"{path}: {channels} channels (expected mono); pass channel=k to "
-                       "pick one")
+                       "pick one", "multichannel")
     x = data[:, 0]
   else:
     if not 0 <= channel < channels:
-      raise AudioError(f"{path}: channel={channel} out of range for {channels} channels")
+      raise AudioError(f"{path}: channel={channel} out of range for {channels} channels",
+                       "multichannel")
     x = data[:, channel]
   x = np.ascontiguousarray(x, dtype=np.float32)
   if not np.all(np.isfinite(x)):
-    raise AudioError(f"{path}: audio contains NaN or inf samples")
+    raise AudioError(f"{path}: audio contains NaN or inf samples", "nonfinite")
   if rate != target_rate:
     g = math.gcd(int(rate), int(target_rate))
     x = signal.resample_poly(x.astype(np.float64), target_rate // g, rate // g)
     x = x.astype(np.float32)
     if x.size == 0:
-      raise AudioError(f"{path}: audio too short to resample from {rate} Hz")
+      raise AudioError(f"{path}: audio too short to resample from {rate} Hz", "empty")
   return LoadedAudio(samples=x, rate=int(target_rate), orig_rate=int(rate),
                      orig_channels=int(channels), subtype=str(info.subtype))
 
@@ -149,29 +157,37 @@ def num_frames_array(num_samples: Any) -> np.ndarray:
   return np.ceil(n / 16000 * 25).astype(np.int64)
 
 
+class MotionError(ValueError):
+  """FLAME parameters that cannot be used. `kind`: missing_key, bad_shape, nonfinite."""
+
+  def __init__(self, message: str, kind: str = "bad_shape"):
+    super().__init__(message)
+    self.kind = kind
+
+
 def motion_from_flame(npz: Mapping[str, np.ndarray]) -> np.ndarray:
   """`(T, 56)` float32 `[exp, jaw = pose[:, 3:6], neck = pose[:, 0:3]]` from FLAME params.
 
-  Raises ValueError (without a file name; callers add it) on missing keys, wrong widths,
-  frame-count disagreement or non-finite values.
+  Raises `MotionError` (a ValueError, without a file name; callers add it) on missing
+  keys, wrong widths, frame-count disagreement or non-finite values.
   """
   for key in ("exp", "pose"):
     if key not in npz:
-      raise ValueError(f"missing key {key!r} (has {sorted(npz.keys())})")
+      raise MotionError(f"missing key {key!r} (has {sorted(npz.keys())})", "missing_key")
   exp = np.asarray(npz["exp"])
   pose = np.asarray(npz["pose"])
   if exp.ndim != 2 or exp.shape[1] != EXP_DIM:
-    raise ValueError(f"'exp' has shape {exp.shape}, expected (T, {EXP_DIM})")
+    raise MotionError(f"'exp' has shape {exp.shape}, expected (T, {EXP_DIM})")
   if pose.ndim != 2 or pose.shape[1] != 6:
-    raise ValueError(f"'pose' has shape {pose.shape}, expected (T, 6)")
+    raise MotionError(f"'pose' has shape {pose.shape}, expected (T, 6)")
   if exp.shape[0] != pose.shape[0]:
-    raise ValueError(f"'exp' has {exp.shape[0]} frames but 'pose' has {pose.shape[0]}")
+    raise MotionError(f"'exp' has {exp.shape[0]} frames but 'pose' has {pose.shape[0]}")
   if exp.shape[0] == 0:
-    raise ValueError("motion has 0 frames")
+    raise MotionError("motion has 0 frames")
   motion = np.concatenate([exp, pose[:, 3:6], pose[:, 0:3]], axis=1).astype(np.float32)
   if not np.all(np.isfinite(motion)):
     bad = sorted({k for k, a in (("exp", exp), ("pose", pose)) if not np.all(np.isfinite(a))})
-    raise ValueError(f"NaN or inf values in {bad}")
+    raise MotionError(f"NaN or inf values in {bad}", "nonfinite")
   return motion
 
 

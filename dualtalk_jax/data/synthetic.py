@@ -1,0 +1,233 @@
+"""Synthetic two-person conversations in the DualTalk on-disk format.
+
+Each clip is written as `<clip>_speaker{1,2}.wav` (float32, 16 kHz, mono) and
+`<clip>_speaker{1,2}.npz` (FLAME keys `exp, pose, shape, tex, cam, light`, float32,
+25 fps), so the real preprocessing and pipeline run on it unchanged.
+
+Generative process (all randomness from `np.random.default_rng([seed, clip_index])`,
+so a clip depends only on the seed and its index):
+
+1. Identities. A pool of `num_identities` speakers, drawn from `seed` alone. Each has a
+   pitch f0 in [95, 240] Hz, a jaw gain, a style offset for `exp` (50-d) and for the
+   neck, a listening expression direction, and a FLAME shape vector. A clip draws two
+   distinct identities. Listening directions share a common component across
+   identities (plus a personal one), so listening is learnable across speakers.
+2. Turns. Duration uniform in [min_seconds, max_seconds]; 1-6 turns (weights favour
+   2-3, mean about 2.5 as in the dataset) with Dirichlet-split lengths; speakers
+   alternate, the first one random.
+3. Speech. Within its turn the speaker produces phrases of 3-9 syllables at 3.5-6
+   syllables/s, separated by 0.15-0.6 s pauses. The amplitude envelope is a sum of
+   raised-cosine syllable bumps. The signal is voiced harmonics (8 partials, 1/h
+   amplitudes, f0 with slow random intonation) plus a noise burst on some syllables,
+   times the envelope, plus low background noise on both tracks at all times.
+4. Motion, per speaker, from the frame-rate envelopes e_self, e_other:
+   - jaw opening (pose[:, 3]) = jaw_gain * e_self, lightly smoothed; small jaw yaw/roll;
+   - `exp[:, :6]` follow e_self through a fixed mixing matrix (mouth shapes);
+   - listening: while the partner speaks, `exp` moves along the identity's listening
+     direction, scaled by the partner's smoothed activity;
+   - nods: at each partner phrase end (the partner's envelope falls after a phrase) the
+     listener's neck pitch (pose[:, 0]) gets a damped 2.5 Hz oscillation;
+   - identity style offsets on `exp` and neck, a slow random head sway, small noise.
+   A model that reads the audio beats a mean pose: the jaw and mouth `exp` are a
+   deterministic function of the own envelope, and nods/listening of the partner's.
+5. Lengths. Audio has `T * 640 + r` samples with r uniform in [0, 640), motion has T
+   frames, as in the real data (`T ~= samples / 640`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+from dualtalk_jax import audio as audio_lib
+from dualtalk_jax.data import records
+
+SR = audio_lib.SAMPLE_RATE
+HOP = audio_lib.SAMPLES_PER_FRAME
+FPS = audio_lib.FPS
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity:
+  f0: float
+  jaw_gain: float
+  exp_offset: np.ndarray  # (50,)
+  neck_offset: np.ndarray  # (3,)
+  listen_dir: np.ndarray  # (50,)
+  shape: np.ndarray  # (100,)
+
+
+def make_identities(seed: int, num_identities: int) -> list[Identity]:
+  """The identity pool; depends on `seed` only."""
+  rng = np.random.default_rng([seed, 1 << 20])
+  out = []
+  shared_listen = rng.standard_normal(50)  # Listening looks alike across people...
+  for _ in range(num_identities):
+    listen = shared_listen + 0.5 * rng.standard_normal(50)  # ...with a personal touch.
+    listen[:6] = 0.0  # Keep listening expression off the mouth components.
+    out.append(Identity(
+        f0=float(rng.uniform(95, 240)),
+        jaw_gain=float(rng.uniform(0.15, 0.3)),
+        exp_offset=(0.3 * rng.standard_normal(50)).astype(np.float32),
+        neck_offset=(0.05 * rng.standard_normal(3)).astype(np.float32),
+        listen_dir=(0.6 * listen / np.linalg.norm(listen)).astype(np.float32),
+        shape=(0.5 * rng.standard_normal(100)).astype(np.float32),
+    ))
+  return out
+
+
+# Fixed mapping from the own envelope to mouth-related expression components.
+_MOUTH = np.array([1.2, -0.8, 0.6, 0.4, -0.3, 0.2], np.float32)
+
+
+def _turns(rng, duration):
+  k = int(rng.choice(np.arange(1, 7), p=[0.15, 0.35, 0.25, 0.13, 0.08, 0.04]))
+  lengths = rng.dirichlet(np.full(k, 4.0)) * duration
+  bounds = np.concatenate([[0.0], np.cumsum(lengths)])
+  first = int(rng.integers(2))
+  return [((first + i) % 2, bounds[i], bounds[i + 1]) for i in range(k)]
+
+
+def _speech_envelope(rng, n, turns, who):
+  """Sample-rate envelope for speaker `who`, and the times of their phrase ends."""
+  env = np.zeros(n, np.float32)
+  phrase_ends = []
+  for spk, t0, t1 in turns:
+    if spk != who:
+      continue
+    t = t0 + rng.uniform(0.05, 0.3)
+    while t < t1 - 0.3:
+      rate = rng.uniform(3.5, 6.0)
+      for _ in range(int(rng.integers(3, 10))):
+        dur = 1.0 / rate
+        if t + dur > t1:
+          break
+        a, b = int(t * SR), min(int((t + dur) * SR), n)
+        if b > a:
+          w = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(b - a) / (b - a))
+          env[a:b] += rng.uniform(0.5, 1.0) * w.astype(np.float32)
+        t += dur
+      phrase_ends.append(t)
+      t += rng.uniform(0.15, 0.6)
+  return env, phrase_ends
+
+
+def _voice(rng, env, ident):
+  n = env.size
+  # Slow intonation: f0 modulated by a smooth random contour (control rate 10 Hz).
+  ctrl = rng.standard_normal(n // 1600 + 2)
+  contour = np.interp(np.arange(n) / 1600, np.arange(ctrl.size), ctrl)
+  f0 = ident.f0 * (1 + 0.08 * contour)
+  phase = 2 * np.pi * np.cumsum(f0) / SR
+  sig = np.zeros(n)
+  for h in range(1, 9):
+    sig += np.sin(h * phase) / h
+  sig *= 0.25
+  noise = rng.standard_normal(n) * 0.08 * (env > 0.3) * (rng.random() < 0.7)
+  out = (sig + noise) * env + 0.003 * rng.standard_normal(n)
+  return out.astype(np.float32)
+
+
+def _smooth(x, k):
+  if k <= 1:
+    return x
+  w = np.hanning(k + 2)[1:-1]
+  w /= w.sum()
+  return np.convolve(x, w, mode="same")
+
+
+def _frame_env(env, t):
+  return env[:t * HOP].reshape(t, HOP).mean(axis=1)
+
+
+def _motion(rng, t, e_self, e_other, other_ends, ident):
+  exp = np.tile(ident.exp_offset, (t, 1)).astype(np.float64)
+  pose = np.zeros((t, 6))
+  es = _smooth(e_self, 3)
+  exp[:, :6] += es[:, None] * _MOUTH[None, :]
+  listening = _smooth((_smooth(e_other, 25) > 0.05).astype(np.float64), 15)
+  listening *= 1.0 - np.clip(_smooth(e_self, 25) * 4, 0, 1)
+  exp += listening[:, None] * ident.listen_dir[None, :]
+  pose[:, 3] = ident.jaw_gain * es
+  pose[:, 4:6] = 0.01 * es[:, None] * rng.standard_normal(2)
+  # Nods: damped 2.5 Hz oscillation on neck pitch at each partner phrase end.
+  tt = np.arange(t) / FPS
+  for te in other_ends:
+    dt = tt - te
+    m = (dt >= 0) & (dt < 1.2)
+    pose[m, 0] += 0.08 * np.sin(2 * np.pi * 2.5 * dt[m]) * np.exp(-dt[m] * 3)
+  sway = _smooth(np.cumsum(rng.standard_normal((t, 3)) * 0.003, axis=0), 1)
+  pose[:, 0:3] += ident.neck_offset + sway - sway.mean(axis=0)
+  exp += 0.02 * rng.standard_normal(exp.shape)
+  pose += 0.002 * rng.standard_normal(pose.shape)
+  return exp.astype(np.float32), pose.astype(np.float32)
+
+
+def make_clip(seed: int, index: int, *, min_seconds: float = 10.0, max_seconds: float = 20.0,
+              num_identities: int = 8, identities: list[Identity] | None = None) -> dict:
+  """One conversation: `{'audio': [a1, a2], 'npz': [dict1, dict2], 'turns': [...]}`."""
+  identities = identities or make_identities(seed, num_identities)
+  rng = np.random.default_rng([seed, index])
+  duration = rng.uniform(min_seconds, max_seconds)
+  t = int(duration * FPS)
+  n = t * HOP + int(rng.integers(0, HOP))
+  turns = _turns(rng, n / SR)
+  ids = rng.choice(len(identities), size=2, replace=False)
+  envs, ends = zip(*[_speech_envelope(rng, n, turns, who) for who in (0, 1)])
+  audios = [_voice(rng, envs[s], identities[ids[s]]) for s in (0, 1)]
+  fenv = [_frame_env(e, t) for e in envs]
+  npzs = []
+  for s in (0, 1):
+    ident = identities[ids[s]]
+    exp, pose = _motion(rng, t, fenv[s], fenv[1 - s], ends[1 - s], ident)
+    npzs.append({
+        "exp": exp, "pose": pose,
+        "shape": np.tile(ident.shape, (t, 1)),
+        "tex": np.zeros((t, 50), np.float32),
+        "cam": np.tile(np.array([8.0, 0.0, 0.0], np.float32), (t, 1)),
+        "light": np.zeros((t, 9, 3), np.float32),
+    })
+  return {"audio": audios, "npz": npzs, "turns": turns, "identities": [int(i) for i in ids]}
+
+
+def write_clip(output_dir: str, name: str, clip: dict) -> list[str]:
+  """Writes one clip's four files atomically; returns their paths."""
+  import soundfile as sf
+
+  paths = []
+  for s in (0, 1):
+    base = os.path.join(output_dir, f"{name}_speaker{s + 1}")
+    records.atomic_write(base + ".wav",
+                  lambda p, a=clip["audio"][s]: sf.write(p, a, SR, subtype="FLOAT", format="WAV"))
+    records.atomic_write(base + ".npz", lambda p, d=clip["npz"][s]: np.savez(p, **d))
+    paths += [base + ".wav", base + ".npz"]
+  return paths
+
+
+def clip_name(index: int) -> str:
+  return f"synth_{index:05d}"
+
+
+def synthesize(output_dir: str, num_clips: int, seed: int = 0, *, min_seconds: float = 10.0,
+               max_seconds: float = 20.0, num_identities: int = 8,
+               progress: bool = False) -> list[str]:
+  """Writes `num_clips` conversations into `output_dir`; returns the clip names."""
+  if num_clips < 1:
+    raise ValueError(f"num_clips must be >= 1, got {num_clips}")
+  if not 0 < min_seconds <= max_seconds:
+    raise ValueError(f"need 0 < min_seconds <= max_seconds, got {min_seconds}, {max_seconds}")
+  os.makedirs(output_dir, exist_ok=True)
+  identities = make_identities(seed, num_identities)
+  names = []
+  it = range(num_clips)
+  if progress:
+    from tqdm import tqdm
+    it = tqdm(it, desc="synthesize", unit="clip")
+  for i in it:
+    clip = make_clip(seed, i, min_seconds=min_seconds, max_seconds=max_seconds,
+                     identities=identities)
+    write_clip(output_dir, clip_name(i), clip)
+    names.append(clip_name(i))
+  return names

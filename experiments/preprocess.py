@@ -1,0 +1,50 @@
+r"""Preprocess a DualTalk split folder into ArrayRecord shards and a manifest.
+
+  python -m experiments.preprocess --input_dir=<split folder> --output_dir=<dir> \
+      [--num_shards=0] [--workers=2] [--strict] [--window_frames=200]
+
+Rules and layout: dualtalk_jax/data/preprocess.py and records.py. Exits non-zero under
+--strict at the first rejected clip; otherwise prints every skipped clip with its reason.
+"""
+
+import sys
+
+from absl import app, flags
+
+from dualtalk_jax.data import preprocess
+
+_INPUT = flags.DEFINE_string("input_dir", None, "split folder with <clip>_speaker{1,2}.{wav,npz}")
+_OUTPUT = flags.DEFINE_string("output_dir", None, "where shards and manifest.json go")
+_SHARDS = flags.DEFINE_integer("num_shards", 0, "number of shards (0: about 64 clips each)")
+_WORKERS = flags.DEFINE_integer("workers", 2, "processes loading clips")
+_STRICT = flags.DEFINE_bool("strict", False, "any rejected clip is fatal (non-zero exit)")
+_WINDOW = flags.DEFINE_integer("window_frames", 200, "training window, to note short clips")
+_TOL = flags.DEFINE_integer("max_frame_mismatch", 1, "audio/motion frames tolerated apart")
+_PROGRESS = flags.DEFINE_bool("progress", True, "show a progress bar")
+flags.mark_flags_as_required(["input_dir", "output_dir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  try:
+    m = preprocess.preprocess(_INPUT.value, _OUTPUT.value, num_shards=_SHARDS.value,
+                              workers=_WORKERS.value, strict=_STRICT.value,
+                              window_frames=_WINDOW.value, max_frame_mismatch=_TOL.value,
+                              progress=_PROGRESS.value)
+  except preprocess.PreprocessError as e:
+    print(f"preprocess failed: {e}", file=sys.stderr)
+    sys.exit(1)
+  c = m["counts"]
+  print(f"{c['clips_written']}/{c['clips_found']} clips written ({m['hours']:.2f} h, "
+        f"{c['training_windows']} training windows of {_WINDOW.value} frames, "
+        f"{c['short_for_training']} clips too short for training) in "
+        f"{len(m['shards'])} shards under {_OUTPUT.value}")
+  for s in m["skipped"]:
+    print(f"skipped {s['clip']} [{s['code']}]: {s['reason']}")
+  for f in m["unrecognized_files"]:
+    print(f"unrecognized file (not part of a clip): {f}")
+
+
+if __name__ == "__main__":
+  app.run(main)
