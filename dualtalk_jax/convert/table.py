@@ -226,9 +226,11 @@ def torch_to_jax(
   return out
 
 
-def jax_to_torch(model: nnx.Module, *, weight_norm: str = "new") -> dict[str, np.ndarray]:
-  """The model's params as a torch-layout {key: numpy array} (keys in NNX order)."""
-  leaves = {path_str(p): np.asarray(v[...]) for p, v in param_leaves(model)}
+def jax_to_torch(params: nnx.Module | Mapping[str, Any], *, weight_norm: str = "new") -> dict[str, np.ndarray]:
+  """A model's params (or {dotted JAX path: array}) as a torch-layout {key: numpy array}."""
+  if isinstance(params, nnx.Module):
+    params = {path_str(p): v[...] for p, v in param_leaves(params)}
+  leaves = {k: np.asarray(v) for k, v in params.items()}
   return {
       output_key(e.torch_key, weight_norm): np.ascontiguousarray(_to_torch_layout(e.transform, [leaves[p] for p in e.jax_paths]))
       for e in build_entries(leaves)
@@ -244,3 +246,12 @@ def assign(model: nnx.Module, arrays: Mapping[tuple, Any]) -> None:
     raise ConversionError(f"no value for {len(missing)} parameter(s): {missing[:10]}")
   new = nnx.from_flat_state([(p, v.replace(value=arrays[p])) for p, v in flat])
   nnx.update(model, new)
+
+
+def torch_shapes(model: nnx.Module, *, weight_norm: str = "new") -> dict[str, tuple[int, ...]]:
+  """The torch key -> shape map a model exports to, from shapes alone (works on abstract models)."""
+  shapes = {path_str(p): tuple(v.shape) for p, v in param_leaves(model)}
+  return {
+      output_key(e.torch_key, weight_norm): _expected_torch_shape(e.transform, [shapes[p] for p in e.jax_paths])
+      for e in build_entries(shapes)
+  }

@@ -1,0 +1,213 @@
+"""DualTalk in Flax NNX, mirroring the released PyTorch module tree and its forward pass.
+
+    joint_encoder       two wav2vec2 encoders (target's and partner's audio, both
+                        resampled to the target's T frames), one shared audio_projection,
+                        blendshape_encoder MLP over the partner's motion (N frames)
+    temporal_enhancer   cross-attention (query: partner audio, key/value: partner motion)
+                        then a 2-layer bidirectional LSTM
+    interaction_module  [target audio | LSTM] -> 3 post-norm transformer encoder layers ->
+                        self-attention -> Dropout(0.5)
+    synthesis_module    1 post-norm decoder layer with memory = its input, then
+                        D + 0.1 * modulation_layer(D) (no activation) -> blendshape_predictor
+
+Batches hold clips of different lengths, padded, with per-clip lengths: every attention
+masks padded keys, the LSTM's backward pass starts at each clip's true end, and each
+encoder resamples each clip's own conv frames, so a padded batch gives, clip by clip, what
+the released code gives on that clip alone. Dropout, SpecAugment and LayerDrop act only
+in training mode (`model.train()`; `model.eval()` for inference). rng stream: 'dropout'.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from dualtalk_jax import audio
+from dualtalk_jax.config import DualTalkConfig
+from dualtalk_jax.models import layers
+from dualtalk_jax.models.wav2vec2 import Wav2Vec2Model
+
+
+def frame_mask(num_frames, max_frames: int):
+  """(B,) frame counts -> (B, max_frames) bool, True on real frames."""
+  return jnp.arange(max_frames)[None, :] < jnp.asarray(num_frames)[:, None]
+
+
+class JointEncoder(nnx.Module):
+  """`joint_encoder`: DualSpeakerJointEncoder."""
+
+  def __init__(self, cfg: DualTalkConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32):
+    kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    self.audio_encoder1 = Wav2Vec2Model(cfg.wav2vec2, **kw)
+    self.audio_encoder2 = Wav2Vec2Model(cfg.wav2vec2, **kw)
+    self.audio_projection = layers.torch_linear(cfg.wav2vec2.hidden_size, cfg.feature_dim, **kw)
+    self.blendshape_encoder = nnx.Sequential(
+        layers.torch_linear(cfg.motion_dim, cfg.blendshape_hidden, **kw),
+        jax.nn.relu,
+        layers.torch_linear(cfg.blendshape_hidden, cfg.feature_dim, **kw),
+        jax.nn.relu,
+    )
+
+  def __call__(self, audio_self, audio_other, motion_other, *, audio_self_lengths, audio_other_lengths, num_frames, max_frames):
+    enc = dict(num_frames=num_frames, max_frames=max_frames)
+    h_self, _ = self.audio_encoder1(audio_self, input_lengths=audio_self_lengths, **enc)
+    h_other, _ = self.audio_encoder2(audio_other, input_lengths=audio_other_lengths, **enc)
+    return (
+        self.audio_projection(h_self),
+        self.audio_projection(h_other),
+        self.blendshape_encoder(motion_other),
+    )
+
+
+class TemporalEnhancer(nnx.Module):
+  """`temporal_enhancer`: CrossModalTemporalEnhancer."""
+
+  def __init__(self, cfg: DualTalkConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32):
+    kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    self.cross_attention = layers.MultiheadAttention(cfg.feature_dim, cfg.cross_attention_heads, **kw)
+    self.temporal_lstm = layers.LSTM(cfg.feature_dim, cfg.lstm_hidden, cfg.lstm_layers, **kw)
+
+  def __call__(self, audio_other, motion_other, *, motion_mask, num_frames):
+    x = self.cross_attention(audio_other, motion_other, motion_other, motion_mask)
+    return self.temporal_lstm(x, num_frames)
+
+
+class InteractionModule(nnx.Module):
+  """`interaction_module`: DualSpeakerInteractionModule."""
+
+  def __init__(self, cfg: DualTalkConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32):
+    kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    d = cfg.model_dim
+    self.interaction_encoder = layers.TransformerEncoder(
+        cfg.interaction_layers,
+        lambda: layers.TransformerEncoderLayer(d, cfg.interaction_heads, cfg.interaction_ff, cfg.interaction_dropout, **kw),
+    )
+    self.self_attention = layers.MultiheadAttention(d, cfg.interaction_heads, **kw)
+    self.dropout = nnx.Dropout(cfg.self_attention_dropout, rngs=rngs)
+
+  def __call__(self, x, *, mask):
+    x = self.interaction_encoder(x, mask)
+    return self.dropout(self.self_attention(x, x, x, mask))
+
+
+class SynthesisModule(nnx.Module):
+  """`synthesis_module`: ExpressiveSynthesisModule."""
+
+  def __init__(self, cfg: DualTalkConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32):
+    kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    d = cfg.model_dim
+    self.modulation_scale = cfg.modulation_scale
+    self.synthesis_decoder = layers.TransformerDecoder(
+        cfg.synthesis_layers,
+        lambda: layers.TransformerDecoderLayer(d, cfg.interaction_heads, cfg.interaction_ff, cfg.interaction_dropout, **kw),
+    )
+    self.modulation_layer = layers.torch_linear(d, d, **kw)
+    self.blendshape_predictor = layers.torch_linear(d, cfg.motion_dim, **kw)
+
+  def __call__(self, x, *, mask):
+    d = self.synthesis_decoder(x, x, mask, mask)
+    y = d + self.modulation_scale * self.modulation_layer(d)
+    return self.blendshape_predictor(y)
+
+
+class DualTalk(nnx.Module):
+  """The full model: (audio_self, audio_other, motion_other) -> target motion (B, T, 56)."""
+
+  def __init__(self, cfg: DualTalkConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32):
+    self.config = cfg
+    kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    self.joint_encoder = JointEncoder(cfg, **kw)
+    self.temporal_enhancer = TemporalEnhancer(cfg, **kw)
+    self.interaction_module = InteractionModule(cfg, **kw)
+    self.synthesis_module = SynthesisModule(cfg, **kw)
+
+  def __call__(
+      self,
+      audio_self,
+      audio_other,
+      motion_other,
+      *,
+      audio_self_lengths=None,
+      audio_other_lengths=None,
+      motion_other_lengths=None,
+      num_frames=None,
+      max_frames: int | None = None,
+  ):
+    """Predicts the target's motion.
+
+    Args:
+      audio_self, audio_other: (B, S) and (B, S') normalised 16 kHz audio, zero-padded.
+      motion_other: (B, N, 56) partner motion (N need not equal T), zero-padded.
+      *_lengths: (B,) valid samples / frames per clip; None = the whole row.
+      num_frames: (B,) output frames per clip, `audio.num_frames(len(audio_self))` computed
+        on the host in float64 as the released code does; None = from the padded width
+        (only valid when audio_self_lengths is None).
+      max_frames: static output length; None = max of num_frames (host values only).
+
+    Returns:
+      (B, max_frames, motion_dim); rows past num_frames[b] are padding.
+    """
+    b, s = audio_self.shape
+    if num_frames is None:
+      if audio_self_lengths is not None:
+        raise ValueError("num_frames is required with audio_self_lengths (computed on the host in float64)")
+      num_frames = np.full((b,), audio.num_frames(s), np.int32)
+    if max_frames is None:
+      max_frames = int(np.max(np.asarray(num_frames)))
+    num_frames = jnp.asarray(num_frames, jnp.int32)
+    if motion_other_lengths is None:
+      motion_other_lengths = jnp.full((b,), motion_other.shape[1], jnp.int32)
+    mask = frame_mask(num_frames, max_frames)
+    motion_mask = frame_mask(motion_other_lengths, motion_other.shape[1])
+
+    a_self, a_other, m_other = self.joint_encoder(
+        audio_self,
+        audio_other,
+        motion_other,
+        audio_self_lengths=audio_self_lengths,
+        audio_other_lengths=audio_other_lengths,
+        num_frames=num_frames,
+        max_frames=max_frames,
+    )
+    x = self.temporal_enhancer(a_other, m_other, motion_mask=motion_mask, num_frames=num_frames)
+    h = jnp.concatenate([a_self, x], axis=-1)
+    h = self.interaction_module(h, mask=mask)
+    return self.synthesis_module(h, mask=mask)
+
+
+@functools.partial(nnx.jit, static_argnames=("max_frames",))
+def _predict(model, audio_self, audio_other, motion_other, audio_self_lengths, audio_other_lengths, motion_other_lengths, num_frames, max_frames):
+  return model(
+      audio_self, audio_other, motion_other, audio_self_lengths=audio_self_lengths, audio_other_lengths=audio_other_lengths,
+      motion_other_lengths=motion_other_lengths, num_frames=num_frames, max_frames=max_frames,
+  )
+
+
+def predict(model: DualTalk, audio_self, audio_other, motion_other, *, audio_self_lengths=None, audio_other_lengths=None,
+            motion_other_lengths=None, num_frames=None, max_frames=None):
+  """`model(...)` under `nnx.jit`; host-side defaults as in `DualTalk.__call__` (one compile per shape)."""
+  b, s = np.shape(audio_self)
+  if num_frames is None:
+    if audio_self_lengths is not None:
+      raise ValueError("num_frames is required with audio_self_lengths (computed on the host in float64)")
+    num_frames = np.full((b,), audio.num_frames(s), np.int32)
+  if max_frames is None:
+    max_frames = int(np.max(num_frames))
+  full = lambda x, n: np.full((b,), n, np.int32) if x is None else x
+  return _predict(
+      model, audio_self, audio_other, motion_other, full(audio_self_lengths, s), full(audio_other_lengths, np.shape(audio_other)[1]),
+      full(motion_other_lengths, np.shape(motion_other)[1]), num_frames, max_frames,
+  )
+
+
+def abstract_model(cfg: DualTalkConfig, **kw) -> DualTalk:
+  """The model with shapes only (nothing allocated), e.g. to count parameters."""
+  return nnx.eval_shape(lambda: DualTalk(cfg, rngs=nnx.Rngs(0), **kw))
+
+
+def count_params(model: nnx.Module) -> int:
+  return sum(int(np.prod(v.shape)) for _, v in nnx.to_flat_state(nnx.state(model, nnx.Param)))
