@@ -1,0 +1,160 @@
+"""Orbax checkpoints: the only module that imports orbax.
+
+A checkpoint directory is an orbax `CheckpointManager` root: numbered step folders, each
+holding items (`params` always; training adds its own), and `model_config.json` beside
+them, so a checkpoint says which architecture it holds. A converted `DualTalk.pth` is such
+a directory with one step; a training workdir keeps one under `<workdir>/checkpoints`.
+
+Params are stored as a nested dict keyed by the NNX path components as strings
+("joint_encoder" / "audio_encoder1" / ... / "kernel"), which orbax round-trips exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from dualtalk_jax.config import DualTalkConfig
+
+MODEL_CONFIG = "model_config.json"
+WORKDIR_CHECKPOINTS = "checkpoints"
+
+
+def params_tree(flat: Mapping[tuple, Any]) -> dict:
+  """{path tuple: array} -> nested dict with string keys."""
+  tree: dict = {}
+  for path, value in flat.items():
+    node = tree
+    for p in path[:-1]:
+      node = node.setdefault(str(p), {})
+    node[str(path[-1])] = value
+  return tree
+
+
+def flatten_tree(tree: Mapping, prefix: tuple = ()) -> dict[tuple, Any]:
+  """Nested dict -> {path tuple of strings: leaf}."""
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, Mapping):
+      out.update(flatten_tree(v, prefix + (k,)))
+    else:
+      out[prefix + (k,)] = v
+  return out
+
+
+def model_params(model: nnx.Module) -> dict:
+  """The model's params as the nested string-keyed dict that checkpoints store."""
+  return params_tree({p: v[...] for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))})
+
+
+def abstract_params(model: nnx.Module) -> dict:
+  """Shape/dtype (and sharding, if any) of each param, for restoring without allocating."""
+  def spec(v):
+    x = v[...]
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
+
+  return params_tree({p: spec(v) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))})
+
+
+def load_params_into(model: nnx.Module, params: Mapping) -> None:
+  """Writes a stored params tree into a concrete model; keys and shapes must match."""
+  from dualtalk_jax.convert.table import ConversionError, assign, path_str
+
+  flat = {path_str(p): v for p, v in flatten_tree(params).items()}
+  arrays, problems = {}, []
+  for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+    key = path_str(path)
+    if key not in flat:
+      problems.append(f"missing {key}")
+    elif tuple(flat[key].shape) != tuple(var.shape):
+      problems.append(f"{key}: {tuple(flat[key].shape)}, expected {tuple(var.shape)}")
+    else:
+      arrays[path] = flat.pop(key)
+  problems += [f"unexpected {k}" for k in sorted(flat)]
+  if problems:
+    raise ConversionError(f"checkpoint does not match the model: {'; '.join(problems[:20])}")
+  assign(model, arrays)
+
+
+def _manager(directory: str, create: bool = False, **options) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      os.path.abspath(directory), options=ocp.CheckpointManagerOptions(create=create, **options)
+  )
+
+
+def resolve(path: str | os.PathLike) -> str:
+  """A checkpoint root from a checkpoint directory or a training workdir."""
+  path = os.fspath(path)
+  if os.path.isdir(os.path.join(path, WORKDIR_CHECKPOINTS)):
+    path = os.path.join(path, WORKDIR_CHECKPOINTS)
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"{path}: no such checkpoint directory")
+  if not os.path.exists(os.path.join(path, MODEL_CONFIG)):
+    raise FileNotFoundError(f"{path}: not a dualtalk-jax checkpoint (no {MODEL_CONFIG})")
+  return path
+
+
+def read_model_config(path: str | os.PathLike) -> DualTalkConfig:
+  root = resolve(path)
+  with open(os.path.join(root, MODEL_CONFIG)) as f:
+    return DualTalkConfig.from_dict(json.load(f))
+
+
+def write_model_config(root: str, cfg: DualTalkConfig) -> None:
+  tmp = os.path.join(root, f".{MODEL_CONFIG}.{uuid.uuid4().hex}")
+  with open(tmp, "w") as f:
+    json.dump(cfg.to_dict(), f, indent=2)
+  os.replace(tmp, os.path.join(root, MODEL_CONFIG))
+
+
+def save_params(directory: str | os.PathLike, params: Mapping, cfg: DualTalkConfig, *, step: int = 0, overwrite: bool = False) -> str:
+  """Writes a standalone checkpoint (params + model config) atomically.
+
+  It is built under a temporary sibling name and renamed into place when complete, so
+  an interrupted save never leaves a directory that looks like a checkpoint.
+  """
+  directory = os.path.abspath(os.fspath(directory))
+  if os.path.exists(directory):
+    if not overwrite:
+      raise FileExistsError(f"{directory}: already exists (pass --overwrite to replace it)")
+  tmp = f"{directory}.tmp-{uuid.uuid4().hex[:8]}"
+  try:
+    mgr = _manager(tmp, create=True)
+    mgr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)))
+    mgr.wait_until_finished()
+    mgr.close()
+    write_model_config(tmp, cfg)
+    if os.path.exists(directory):
+      shutil.rmtree(directory)
+    os.replace(tmp, directory)
+  finally:
+    if os.path.exists(tmp):
+      shutil.rmtree(tmp, ignore_errors=True)
+  return directory
+
+
+def restore_params(path: str | os.PathLike, *, step: int | None = None, target: Mapping | None = None) -> tuple[dict, DualTalkConfig, int]:
+  """(params tree, model config, step) from a checkpoint directory or a workdir's latest.
+
+  `target` (an `abstract_params` tree) restores with its dtypes and shardings; without
+  it the arrays come back as host numpy arrays.
+  """
+  root = resolve(path)
+  cfg = read_model_config(root)
+  mgr = _manager(root)
+  step = mgr.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"{root}: holds no complete checkpoint step")
+  args = ocp.args.StandardRestore(target)
+  restored = mgr.restore(step, args=ocp.args.Composite(params=args))
+  mgr.close()
+  return restored["params"], cfg, step

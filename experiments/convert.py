@@ -1,0 +1,57 @@
+r"""Converts DualTalk checkpoints between PyTorch and JAX; the direction follows from the paths.
+
+  # the released DualTalk.pth -> an orbax checkpoint directory
+  python -m experiments.convert --input=DualTalk.pth --output=ckpt/dualtalk_large
+  # a checkpoint directory or a training workdir (its latest step) -> PyTorch
+  python -m experiments.convert --input=workdirs/run1 --output=dualtalk.pth [--weight_norm=legacy]
+
+`.pth`/`.pt`/`.bin`/`.safetensors` inputs are read with or without a `state_dict`/`model`
+wrapper and `module.` prefixes. Every key and shape is checked against `--config`.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+import time
+
+from absl import app, flags
+
+from dualtalk_jax.config import get_model_config
+from dualtalk_jax.convert import pytorch, table
+
+_INPUT = flags.DEFINE_string("input", None, "A .pth/.pt/.safetensors file, an orbax checkpoint directory or a training workdir.", required=True)
+_OUTPUT = flags.DEFINE_string("output", None, "A checkpoint directory (from a torch file) or a .pth/.safetensors file.", required=True)
+_CONFIG = flags.DEFINE_enum("config", "large", ["large", "base", "tiny"], "Model config of a torch input (checkpoints record theirs).")
+_WAV2VEC2_CONFIG = flags.DEFINE_string("wav2vec2_config", None, "A HF wav2vec2 config.json replacing the config's wav2vec2 part.")
+_WEIGHT_NORM = flags.DEFINE_enum("weight_norm", "new", list(table.WEIGHT_NORM_NAMINGS), "Weight-norm key naming written to torch: new (parametrizations.weight.original0/1) or legacy (weight_g/weight_v).")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing output.")
+
+
+def main(argv):
+  del argv
+  start = time.time()
+  src, dst = _INPUT.value, _OUTPUT.value
+  try:
+    if pytorch.is_torch_file(src):
+      if pytorch.is_torch_file(dst):
+        raise ValueError(f"{dst}: converting a torch file needs a checkpoint directory as output")
+      cfg = get_model_config(_CONFIG.value, _WAV2VEC2_CONFIG.value)
+      out = pytorch.torch_to_checkpoint(src, dst, cfg, overwrite=_OVERWRITE.value)
+    else:
+      if not pytorch.is_torch_file(dst):
+        raise ValueError(f"{dst}: a checkpoint converts to a .pth, .pt, .bin or .safetensors file")
+      cfg = None
+      if flags.FLAGS["config"].present or _WAV2VEC2_CONFIG.value:
+        cfg = get_model_config(_CONFIG.value, _WAV2VEC2_CONFIG.value)
+      out = pytorch.checkpoint_to_torch(src, dst, weight_norm=_WEIGHT_NORM.value, overwrite=_OVERWRITE.value, cfg=cfg)
+  except (OSError, ValueError, ImportError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+  peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+  print(f"wrote {os.path.abspath(out)} in {time.time() - start:.1f} s (peak RSS {peak_gib:.2f} GiB)")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,141 @@
+"""Checkpoint conversion: exact round trips, output parity, the released key set, bad inputs."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+
+from dualtalk_jax import audio, checkpoint
+from dualtalk_jax.config import CONFIGS
+from dualtalk_jax.convert import pytorch, table
+from dualtalk_jax.models.dualtalk import DualTalk, abstract_model, predict
+from third_party.dualtalk_torch import DualTalk as TorchDualTalk
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TSV = ROOT.parent / "shared" / "spec" / "official_state_dict_large.tsv"
+TINY = CONFIGS["tiny"]
+
+
+def random_torch_model(seed=0):
+  torch.manual_seed(seed)
+  model = TorchDualTalk.from_config(TINY)
+  with torch.no_grad():
+    for p in model.parameters():
+      p.add_(0.05 * torch.randn_like(p))
+  return model.eval()
+
+
+def legacy(sd):
+  return {table.output_key(k, "legacy"): v for k, v in sd.items()}
+
+
+def assert_state_dicts_identical(a, b):
+  assert list(a) == list(b)
+  for k in a:
+    assert a[k].dtype == b[k].dtype, k
+    assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("weight_norm", ["new", "legacy"])
+def test_torch_jax_torch_is_bit_identical(tmp_path, weight_norm):
+  sd = random_torch_model().state_dict()
+  if weight_norm == "legacy":
+    sd = legacy(sd)
+  torch.save(sd, tmp_path / "in.pth")
+  pytorch.torch_to_checkpoint(str(tmp_path / "in.pth"), str(tmp_path / "ckpt"), TINY)
+  pytorch.checkpoint_to_torch(str(tmp_path / "ckpt"), str(tmp_path / "out.pth"), weight_norm=weight_norm)
+  back = torch.load(tmp_path / "out.pth", weights_only=True)
+  assert_state_dicts_identical(sd, back)
+
+
+def test_jax_torch_jax_gives_identical_nnx_state(tmp_path):
+  model = DualTalk(TINY, rngs=nnx.Rngs(3))
+  params = checkpoint.model_params(model)
+  sd = pytorch.params_to_state_dict(params, TINY)
+  pytorch.write_torch_file(sd, str(tmp_path / "m.safetensors"))
+  again = pytorch.state_dict_to_params(pytorch.read_torch_file(str(tmp_path / "m.safetensors")), TINY)
+  a, b = checkpoint.flatten_tree(params), checkpoint.flatten_tree(again)
+  assert a.keys() == b.keys()
+  for k in a:
+    np.testing.assert_array_equal(np.asarray(a[k]), b[k])
+    assert np.asarray(a[k]).dtype == b[k].dtype
+
+
+def test_converted_torch_model_gives_the_same_outputs(tmp_path):
+  ref = random_torch_model(1)
+  torch.save({"state_dict": {"module." + k: v for k, v in ref.state_dict().items()}}, tmp_path / "wrapped.pth")
+  pytorch.torch_to_checkpoint(str(tmp_path / "wrapped.pth"), str(tmp_path / "ckpt"), TINY)
+  params, cfg, _ = checkpoint.restore_params(str(tmp_path / "ckpt"))
+  model = DualTalk(cfg, rngs=nnx.Rngs(0))
+  checkpoint.load_params_into(model, params)
+  model.eval()
+  rng = np.random.default_rng(0)
+  a = audio.normalize(rng.normal(size=11000).astype(np.float32))[None]
+  b = audio.normalize(rng.normal(size=11000).astype(np.float32))[None]
+  m = rng.normal(size=(1, 20, 56)).astype(np.float32)
+  with torch.no_grad():
+    want = ref(torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(m)).numpy()
+  np.testing.assert_allclose(np.asarray(predict(model, a, b, m)), want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.skipif(not TSV.exists(), reason="../shared is absent")
+def test_large_export_has_exactly_the_released_keys_and_shapes():
+  rows = [line.split("\t") for line in TSV.read_text().splitlines()[1:]]
+  want = {k: tuple(int(x) for x in s.strip("()").split(",") if x.strip()) for k, s in rows}
+  got = table.torch_shapes(abstract_model(CONFIGS["large"]))
+  assert got == want
+  assert len(got) == 932
+
+
+def test_truncated_file_is_a_clear_error(tmp_path):
+  torch.save(random_torch_model().state_dict(), tmp_path / "full.pth")
+  data = (tmp_path / "full.pth").read_bytes()
+  (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
+  with pytest.raises(ValueError, match="cut.pth: cannot read torch checkpoint"):
+    pytorch.torch_to_checkpoint(str(tmp_path / "cut.pth"), str(tmp_path / "out"), TINY)
+  assert os.listdir(tmp_path) == ["full.pth", "cut.pth"] or sorted(os.listdir(tmp_path)) == ["cut.pth", "full.pth"]
+
+
+def test_state_dict_of_another_model_lists_the_keys(tmp_path):
+  torch.save(torch.nn.Sequential(torch.nn.Linear(3, 4)).state_dict(), tmp_path / "other.pth")
+  with pytest.raises(table.ConversionError, match=r"other.pth does not match.*missing key.*unknown key\(s\): 0.bias, 0.weight"):
+    pytorch.torch_to_checkpoint(str(tmp_path / "other.pth"), str(tmp_path / "out"), TINY)
+  assert sorted(os.listdir(tmp_path)) == ["other.pth"]
+
+
+def test_tiny_checkpoint_with_large_config_is_refused(tmp_path):
+  torch.save(random_torch_model().state_dict(), tmp_path / "tiny.pth")
+  with pytest.raises(table.ConversionError, match="mis-shaped key"):
+    pytorch.torch_to_checkpoint(str(tmp_path / "tiny.pth"), str(tmp_path / "out"), CONFIGS["large"])
+  assert sorted(os.listdir(tmp_path)) == ["tiny.pth"]
+
+
+def test_existing_outputs_need_overwrite(tmp_path):
+  torch.save(random_torch_model().state_dict(), tmp_path / "m.pth")
+  pytorch.torch_to_checkpoint(str(tmp_path / "m.pth"), str(tmp_path / "ckpt"), TINY)
+  with pytest.raises(FileExistsError, match="ckpt: already exists"):
+    pytorch.torch_to_checkpoint(str(tmp_path / "m.pth"), str(tmp_path / "ckpt"), TINY)
+  before = (tmp_path / "m.pth").read_bytes()
+  with pytest.raises(FileExistsError, match="m.pth: already exists"):
+    pytorch.checkpoint_to_torch(str(tmp_path / "ckpt"), str(tmp_path / "m.pth"))
+  assert (tmp_path / "m.pth").read_bytes() == before
+  pytorch.torch_to_checkpoint(str(tmp_path / "m.pth"), str(tmp_path / "ckpt"), TINY, overwrite=True)
+  assert sorted(os.listdir(tmp_path)) == ["ckpt", "m.pth"]
+
+
+def test_cli_converts_both_ways_and_reports_errors(tmp_path):
+  torch.save(random_torch_model().state_dict(), tmp_path / "m.pth")
+  run = lambda *args: subprocess.run([sys.executable, "-m", "experiments.convert", *args], cwd=ROOT, capture_output=True, text=True)
+  r = run(f"--input={tmp_path / 'm.pth'}", f"--output={tmp_path / 'ckpt'}", "--config=tiny")
+  assert r.returncode == 0, r.stderr
+  r = run(f"--input={tmp_path / 'ckpt'}", f"--output={tmp_path / 'legacy.pth'}", "--weight_norm=legacy")
+  assert r.returncode == 0, r.stderr
+  keys = torch.load(tmp_path / "legacy.pth", weights_only=True).keys()
+  assert any(k.endswith("pos_conv_embed.conv.weight_g") for k in keys)
+  r = run(f"--input={tmp_path / 'm.pth'}", f"--output={tmp_path / 'ckpt'}", "--config=tiny")
+  assert r.returncode == 1 and "already exists" in r.stderr
