@@ -1,5 +1,7 @@
 """Grain pipeline: window formula, exact content, shuffling, resume, process shards, eval."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -77,20 +79,20 @@ def test_shuffle_is_seeded(data):
   assert sorted(two[:n]) != two[:n] and two[:n] != two[n:]
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_restored_iterator_continues_exactly(data, workers):
+@pytest.mark.parametrize("workers,threads", [(0, 0), (0, 2), (2, 0)])
+def test_restored_iterator_continues_exactly(data, workers, threads):
   out = data[0]
   from absl import flags
   if not flags.FLAGS.is_parsed():  # grain's multiprocessing reads absl flags.
     flags.FLAGS.mark_as_parsed()
-  ds = _train(out, num_epochs=None, worker_count=workers)
+  ds = _train(out, num_epochs=None, worker_count=workers, thread_count=threads)
   it = iter(ds)
   for _ in range(3):
     next(it)
   state = it.get_state()
   want = [next(it) for _ in range(9)]  # Crosses block and epoch boundaries.
-  it2 = iter(_train(out, num_epochs=None, worker_count=workers))
-  it2.set_state(state)
+  it2 = iter(_train(out, num_epochs=None, worker_count=workers, thread_count=threads))
+  it2.set_state(json.loads(json.dumps(state)))  # Goes through JSON, as in a checkpoint.
   got = [next(it2) for _ in range(9)]
   for g, w in zip(got, want):
     assert g.keys() == w.keys()
