@@ -242,3 +242,14 @@ def test_demo_sample(tmp_path):
   rec = _read_all(tmp_path / "out2", m)["UbjUDM1MiGE_sub_video_72"]
   x = audio.normalize(audio.load_audio(raw / "UbjUDM1MiGE_sub_video_72_speaker1.wav"))
   np.testing.assert_array_equal(rec["audio_1"], x[:587 * 640])
+  # The pipeline reads it: 2 windows x 2 directions, and the whole clip for evaluation.
+  from dualtalk_jax.data import pipeline
+  (b,) = list(pipeline.make_train_dataset(str(tmp_path / "out2"), window_frames=200,
+                                          batch_size=4, num_epochs=1, shuffle=False,
+                                          process_index=0, process_count=1))
+  assert b["audio_self"].shape == (4, 128000) and list(b["window"]) == [0, 0, 1, 1]
+  np.testing.assert_array_equal(b["audio_self"][2], x[128000:256000])
+  (e,) = list(pipeline.make_eval_dataset(str(tmp_path / "out2"), batch_size=2,
+                                         process_index=0, process_count=1))
+  assert list(e["num_frames"]) == [587, 587] and list(e["audio_self_lengths"]) == [375680] * 2
+  assert e["motion_self"].shape == (2, 750, 56)  # Padded to a multiple of 250 frames.

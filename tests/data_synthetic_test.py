@@ -73,3 +73,18 @@ def test_learnable_beats_mean_pose():
   # Listening behaviour (partner-driven expression) is learnable too.
   listen = np.r_[6:50]
   assert mse(pred, listen) < 0.7 * mse(base, listen)
+
+
+def test_cli(tmp_path):
+  import subprocess
+  import sys
+  from conftest import ROOT
+  r = subprocess.run([sys.executable, "-m", "experiments.synthesize", f"--output_dir={tmp_path}",
+                      "--num_clips=2", "--seed=1", "--min_seconds=1", "--max_seconds=2"],
+                     cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+      f"synth_0000{i}_speaker{s}.{e}" for i in (0, 1) for s in (1, 2) for e in ("wav", "npz"))
+  clip = synthetic.make_clip(1, 1, min_seconds=1, max_seconds=2)
+  np.testing.assert_array_equal(np.load(tmp_path / "synth_00001_speaker2.npz")["exp"],
+                                clip["npz"][1]["exp"])

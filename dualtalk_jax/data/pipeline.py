@@ -221,7 +221,9 @@ def make_train_dataset(data_dir: str, *, window_frames: int = 200, batch_size: i
   batch then goes through a fresh shared-memory segment, about 3x the CPU per window);
   else `thread_count` > 0 runs it in that many threads (`multithread_prefetch`; best on
   small hosts). `prefetch` is the buffer per worker/thread, in batches. Both keep
-  get/set_state exact. Process index/count default to
+  get/set_state exact. The batch order is deterministic for given seed and
+  worker/thread counts (they interleave slices of the block sequence), so resume with
+  the same counts. Process index/count default to
   `jax.process_index()/process_count()`. `malloc_tuning` calls `tune_malloc` here and
   in the workers.
   """
