@@ -14,7 +14,8 @@ epoch the process's clips are shuffled (seed, epoch), cut into blocks of
 directions) are shuffled together (seed, epoch, block). A batch therefore mixes windows
 of about `clips_per_block` clips, each clip is read once per epoch, and every sample
 is a pure function of (seed, epoch, block, position): grain's iterator state is small
-and a restored iterator continues with exactly the next batch.
+and a restored iterator continues with exactly the next batch. Memory: about
+`clips_per_block` x 4 MB per block, two or three blocks alive per worker/thread.
 
 Multi-host: clips (not windows) are split between processes by a greedy balance on
 window counts (disjoint, covering, sample counts within one clip's worth of each
@@ -36,7 +37,8 @@ Batch keys (training, all `B = batch_size` rows, numpy):
   clip_id (record index), window, target (1 or 2: which speaker is the target)   (B,) int32
 Evaluation (`make_eval_dataset`) yields whole clips in a fixed order (manifest order,
 target speaker 1 then 2), padded to a multiple of `bucket_frames`, with the true
-lengths in the length keys and `valid` (B,) int32 (0 for padding rows: the last batch,
+lengths in the length keys (`num_frames` = ground-truth frames of motion_self; the
+model's own T comes from `audio.num_frames(audio_self_lengths)`) and `valid` (B,) int32 (0 for padding rows: the last batch,
 and the rows that give every process the same number of batches).
 """
 

@@ -190,6 +190,26 @@ def _process_task(args) -> ClipResult:
                                             f"{clip}: {type(e).__name__}: {e}"))
 
 
+def _bounded_imap(pool, tasks, max_pending):
+  """`pool.imap` in order, but with at most `max_pending` results (~4 MB each) in flight.
+
+  `imap` itself submits everything at once, so fast workers and a slow writer would
+  pile the whole split up in memory.
+  """
+  pending = collections.deque()
+  it = iter(tasks)
+  for task in it:
+    pending.append(pool.apply_async(_process_task, (task,)))
+    if len(pending) >= max_pending:
+      break
+  while pending:
+    result = pending.popleft().get()
+    for task in it:
+      pending.append(pool.apply_async(_process_task, (task,)))
+      break
+    yield result
+
+
 def _fingerprint(input_dir, clips, files, options) -> str:
   h = hashlib.sha256()
   h.update(json.dumps([records.PREPROCESS_VERSION, options], sort_keys=True).encode())
@@ -267,7 +287,7 @@ def preprocess(input_dir: str, output_dir: str, *, num_shards: int = 0, workers:
   if workers > 1 and len(tasks) > 1:
     import multiprocessing
     pool = multiprocessing.get_context("spawn").Pool(min(workers, len(tasks)))
-    results: Iterator[ClipResult] = pool.imap(_process_task, tasks, chunksize=1)
+    results: Iterator[ClipResult] = _bounded_imap(pool, tasks, 2 * workers)
   else:
     results = map(_process_task, tasks)
   bar = None
