@@ -137,8 +137,14 @@ def test_strict_is_fatal(tmp_path):
                       "--strict", f"--window_frames={W}", "--noprogress"],
                      cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert r.returncode != 0
-  assert "missing partner" in r.stderr or "[" in r.stderr, r.stderr[-2000:]
+  assert "preprocess failed: [" in r.stderr, r.stderr[-2000:]
   assert not (tmp_path / "out2" / "manifest.json").exists()
+  # Strict after a non-strict run: the reused shards' skipped clips are still fatal.
+  preprocess.preprocess(str(tmp_path / "raw"), str(tmp_path / "out3"), window_frames=W)
+  first_problem = r"\[(missing_files|unreadable_motion)\] "  # brokenzip or missing, by name.
+  with pytest.raises(preprocess.PreprocessError, match=first_problem):
+    preprocess.preprocess(str(tmp_path / "raw"), str(tmp_path / "out3"), strict=True,
+                          window_frames=W)
 
 
 def _shard_stats(out):

@@ -281,6 +281,11 @@ def preprocess(input_dir: str, output_dir: str, *, num_shards: int = 0, workers:
 
   done = {fname: _sidecar_ok(output_dir, fname, fp) for fname, _, fp in plan}
   todo = [p for p in plan if done[p[0]] is None]
+  if strict:  # Up-to-date shards may hold clips an earlier, non-strict run skipped.
+    for side in done.values():
+      if side is not None and side["skipped"]:
+        s = side["skipped"][0]
+        raise PreprocessError(f"[{s['code']}] {s['reason']}")
   kw = {"window_frames": window_frames, "max_frame_mismatch": max_frame_mismatch}
   tasks = [(input_dir, c, files[c], kw) for _, clips, _ in todo for c in clips]
   pool = None
