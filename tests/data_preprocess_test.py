@@ -128,6 +128,10 @@ def test_every_bad_input_has_its_reason(tmp_path):
 
 def test_strict_is_fatal(tmp_path):
   _bad_folder(tmp_path / "raw")
+  with pytest.raises(preprocess.PreprocessError, match=r"belong to no clip: \['README.txt'\]"):
+    preprocess.preprocess(str(tmp_path / "raw"), str(tmp_path / "out"), strict=True,
+                          window_frames=W)
+  (tmp_path / "raw" / "README.txt").unlink()
   with pytest.raises(preprocess.PreprocessError, match=r"\[\w+\] .*"):
     preprocess.preprocess(str(tmp_path / "raw"), str(tmp_path / "out"), strict=True,
                           window_frames=W)

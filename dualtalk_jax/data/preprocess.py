@@ -21,7 +21,7 @@ Rejected clips are listed in the manifest's `skipped` with a code and a reason n
 file; notes go to each clip's `notes`. Nothing is dropped silently. With `strict=True`
 the first rejected clip raises `PreprocessError` (the CLI exits non-zero); notes are
 informational and never fatal. Files in the folder that are not part of a clip are
-listed under `unrecognized_files`.
+listed under `unrecognized_files` (fatal under `strict`).
 
 Idempotent and atomic: clips go to shards by sorted name (contiguous chunks). A shard is
 written under a temp name and renamed, then its sidecar JSON (fingerprint of version,
@@ -260,6 +260,8 @@ def preprocess(input_dir: str, output_dir: str, *, num_shards: int = 0, workers:
   files, unrecognized = scan_folder(input_dir)
   if not files:
     raise PreprocessError(f"{input_dir}: no `<clip>_speaker{{1,2}}.{{wav,npz}}` files found")
+  if strict and unrecognized:
+    raise PreprocessError(f"{input_dir}: files that belong to no clip: {unrecognized}")
   os.makedirs(output_dir, exist_ok=True)
   for name in os.listdir(output_dir):  # Leftovers of an interrupted run.
     if name.startswith(".tmp-"):
