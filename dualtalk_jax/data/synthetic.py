@@ -12,14 +12,15 @@ so a clip depends only on the seed and its index):
    neck, a listening expression direction, and a FLAME shape vector. A clip draws two
    distinct identities. Listening directions share a common component across
    identities (plus a personal one), so listening is learnable across speakers.
-2. Turns. Duration uniform in [min_seconds, max_seconds]; 1-6 turns (weights favour
-   2-3, mean about 2.5 as in the dataset) with Dirichlet-split lengths; speakers
-   alternate, the first one random.
+2. Turns. Duration uniform in [min_seconds, max_seconds]; 1-6 turns (weights
+   .20/.35/.25/.10/.06/.04, mean 2.59; the dataset averages 2.5) with Dirichlet-split
+   lengths; speakers alternate, the first one random.
 3. Speech. Within its turn the speaker produces phrases of 3-9 syllables at 3.5-6
    syllables/s, separated by 0.15-0.6 s pauses. The amplitude envelope is a sum of
    raised-cosine syllable bumps. The signal is voiced harmonics (8 partials, 1/h
-   amplitudes, f0 with slow random intonation) plus a noise burst on some syllables,
-   times the envelope, plus low background noise on both tracks at all times.
+   amplitudes, f0 with slow random intonation), plus for 70% of tracks a breath/fricative
+   noise where the envelope is high, times the envelope, plus low background noise on
+   both tracks at all times.
 4. Motion, per speaker, from the frame-rate envelopes e_self, e_other:
    - jaw opening (pose[:, 3]) = jaw_gain * e_self, lightly smoothed; small jaw yaw/roll;
    - `exp[:, :6]` follow e_self through a fixed mixing matrix (mouth shapes);
@@ -83,7 +84,7 @@ _MOUTH = np.array([1.2, -0.8, 0.6, 0.4, -0.3, 0.2], np.float32)
 
 
 def _turns(rng, duration):
-  k = int(rng.choice(np.arange(1, 7), p=[0.15, 0.35, 0.25, 0.13, 0.08, 0.04]))
+  k = int(rng.choice(np.arange(1, 7), p=[0.20, 0.35, 0.25, 0.10, 0.06, 0.04]))
   lengths = rng.dirichlet(np.full(k, 4.0)) * duration
   bounds = np.concatenate([[0.0], np.cumsum(lengths)])
   first = int(rng.integers(2))
