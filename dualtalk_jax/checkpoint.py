@@ -158,3 +158,67 @@ def restore_params(path: str | os.PathLike, *, step: int | None = None, target: 
   restored = mgr.restore(step, args=ocp.args.Composite(params=args))
   mgr.close()
   return restored["params"], cfg, step
+
+
+class TrainCheckpointer:
+  """Training checkpoints under `<workdir>/checkpoints`: the full state, resumable.
+
+  Items per step: `params` (what conversion and inference read), `opt_state`, `meta`
+  (step and metrics, JSON) and `data_iter` (the grain iterator of this process). Saves
+  are asynchronous; the last `keep` steps are kept. A second manager under
+  `<workdir>/best` keeps the params with the lowest validation loss.
+  """
+
+  def __init__(self, workdir: str, cfg: DualTalkConfig, *, keep: int = 3):
+    import grain
+
+    self._grain = grain
+    self.root = os.path.join(os.path.abspath(workdir), WORKDIR_CHECKPOINTS)
+    self.best_root = os.path.join(os.path.abspath(workdir), "best")
+    self.manager = ocp.CheckpointManager(
+        self.root,
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True),
+    )
+    self.best = ocp.CheckpointManager(
+        self.best_root,
+        options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True, best_fn=lambda m: m["val_loss"], best_mode="min"),
+    )
+    if jax.process_index() == 0:
+      for root in (self.root, self.best_root):
+        if os.path.exists(os.path.join(root, MODEL_CONFIG)):
+          if read_model_config(root) != cfg:
+            raise ValueError(f"{root}: holds checkpoints of a different model config; use a fresh workdir")
+        else:
+          write_model_config(root, cfg)
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state: Mapping, data_iter, metrics: Mapping[str, float] | None = None) -> None:
+    meta = {"step": int(step), "metrics": {k: float(v) for k, v in (metrics or {}).items()}}
+    self.manager.save(step, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(state["params"]),
+        opt_state=ocp.args.StandardSave({"step": state["step"], "opt_state": state["opt_state"]}),
+        meta=ocp.args.JsonSave(meta),
+        data_iter=self._grain.checkpoint.CheckpointSave(data_iter),
+    ), force=True)
+
+  def save_best(self, step: int, params: Mapping, val_loss: float) -> None:
+    self.best.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)), metrics={"val_loss": float(val_loss)}, force=True)
+
+  def restore(self, step: int, abstract_state: Mapping, data_iter) -> dict:
+    """The state at `step` placed like `abstract_state`; `data_iter` is restored in place."""
+    r = self.manager.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(abstract_state["params"]),
+        opt_state=ocp.args.StandardRestore({"step": abstract_state["step"], "opt_state": abstract_state["opt_state"]}),
+        data_iter=self._grain.checkpoint.CheckpointRestore(data_iter),
+    ))
+    return {"step": r["opt_state"]["step"], "params": r["params"], "opt_state": r["opt_state"]["opt_state"]}
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+    self.best.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.close()
+    self.best.close()

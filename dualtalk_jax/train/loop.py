@@ -1,0 +1,299 @@
+"""`train_and_evaluate(config, workdir)`: the training loop behind `experiments.train`.
+
+One process per host. Every host builds the same mesh over all devices, reads its own
+shard of the data (grain, by `jax.process_index()`), and feeds its rows of the global
+batch; params, gradients and optimizer state are sharded by `dualtalk_jax.sharding`.
+Checkpoints (full state + data iterator) every `checkpoint_every` steps, asynchronous;
+a workdir that holds one resumes from the latest; SIGTERM saves and exits; a NaN/inf
+loss stops the run naming the step, leaving the last good checkpoint as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import logging as logging_std
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from dualtalk_jax import checkpoint, sharding
+from dualtalk_jax.config import DualTalkConfig, get_model_config
+from dualtalk_jax.train import step as step_lib
+
+# Peak dense FLOP/s per chip by `device_kind` substring (bf16; f32 matmuls on TPU run
+# at the same rate, on GPUs at the TF32 rate, about half).
+PEAK_FLOPS = {
+    "H200": 989e12, "H100": 989e12, "A100": 312e12, "TPU v4": 275e12, "TPU v5 lite": 197e12,
+    "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v5": 459e12, "TPU v6": 918e12,
+}
+
+
+def peak_flops(device) -> float | None:
+  kind = getattr(device, "device_kind", "")
+  for name, flops in PEAK_FLOPS.items():
+    if name.lower() in kind.lower():
+      return flops
+  return None
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+def model_config(config: ml_collections.ConfigDict) -> DualTalkConfig:
+  return get_model_config(config.model, config.get("wav2vec2_config") or None)
+
+
+def compute_dtype(config) -> Any:
+  name = config.get("compute_dtype", "float32")
+  if name not in ("float32", "bfloat16"):
+    raise ValueError(f"compute_dtype must be float32 or bfloat16, got {name!r}")
+  return jnp.dtype(name)
+
+
+def optim_config(config) -> step_lib.OptimConfig:
+  o = config.optim
+  return step_lib.OptimConfig(learning_rate=o.learning_rate, decay_rate=o.decay_rate, decay_steps=o.decay_steps,
+                              grad_clip_norm=o.grad_clip_norm, freeze_feature_extractor=o.freeze_feature_extractor)
+
+
+def initial_params(config, model_def: step_lib.ModelDef) -> dict:
+  """Params to start from: a converted DualTalk checkpoint, else fresh init (+ pretrained wav2vec2)."""
+  if config.get("init_checkpoint"):
+    params, cfg, _ = checkpoint.restore_params(config.init_checkpoint)
+    if cfg != model_def.config:
+      raise ValueError(f"{config.init_checkpoint}: its model config differs from the run's")
+    return params
+  if config.get("pretrained_wav2vec2"):
+    from flax import nnx
+
+    from dualtalk_jax.convert import hf_wav2vec2
+    from dualtalk_jax.models.dualtalk import DualTalk
+
+    model = DualTalk(model_def.config, rngs=nnx.Rngs(config.seed))
+    hf_wav2vec2.init_dualtalk_encoders(model, config.pretrained_wav2vec2)
+    return checkpoint.model_params(model)
+  return model_def.init_params(config.seed)
+
+
+def ensure_synthetic_data(config, workdir: str) -> None:
+  """Synthesizes and preprocesses train/val conversations into the workdir when missing.
+
+  Idempotent: synthesis is skipped where the folder holds clips, and preprocessing
+  rebuilds nothing that is up to date. Process 0 writes; the others wait for it.
+  """
+  from dualtalk_jax.data import preprocess, synthetic
+
+  syn = config.synthetic
+  splits = (("train", syn.num_train_clips, syn.seed, config.data.train_dir),
+            ("val", syn.num_val_clips, syn.seed + 1, config.data.val_dir))
+  if jax.process_index() == 0:
+    for name, num, seed, out_dir in splits:
+      raw = os.path.join(workdir, "synthetic", name)
+      if not (os.path.isdir(raw) and any(f.endswith(".npz") for f in os.listdir(raw))):
+        synthetic.synthesize(raw, num, seed, min_seconds=syn.min_seconds, max_seconds=syn.max_seconds)
+      preprocess.preprocess(raw, out_dir, window_frames=config.data.window_frames)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices("synthetic data ready")
+
+
+def write_config(config, workdir: str) -> None:
+  if jax.process_index() != 0:
+    return
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, "config.json")
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+  os.replace(tmp, path)
+
+
+class _DropOrbaxInfo(logging_std.Filter):
+  def filter(self, record):
+    return record.levelno >= logging_std.WARNING or "/orbax/" not in record.pathname
+
+
+def quiet_orbax() -> None:
+  """Keeps orbax's per-save INFO lines out of the training log (warnings still show)."""
+  logging.get_absl_handler().addFilter(_DropOrbaxInfo())
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop checks at step boundaries."""
+
+  def __init__(self):
+    self.requested = False
+    self._old = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    logging.warning("SIGTERM received: saving a checkpoint at the next step boundary")
+    self.requested = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._old)
+
+
+def _summary_writer(workdir):
+  if jax.process_index() != 0:
+    return None
+  try:
+    from tensorboardX import SummaryWriter
+  except ImportError:
+    logging.warning("tensorboardX not installed: no TensorBoard summaries")
+    return None
+  return SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+
+def validate(config, model_def, eval_step, params, mesh) -> dict[str, float]:
+  """Masked loss over the whole validation split (every host, its share of clips)."""
+  from dualtalk_jax.data import pipeline
+  from dualtalk_jax.models.dualtalk import frame_mask
+  from dualtalk_jax.train.loss import dualtalk_loss
+
+  ds = pipeline.make_eval_dataset(config.data.val_dir, batch_size=config.data.eval_batch_size,
+                                  bucket_frames=config.data.eval_bucket_frames)
+  totals = {}
+  weight = 0.0
+  for batch in ds:
+    pred = np.asarray(eval_step(params, {k: batch[k] for k in step_lib.BATCH_NDIM}))
+    for i in np.flatnonzero(batch["valid"]):
+      n = int(batch["num_frames"][i])
+      _, parts = dualtalk_loss(pred[i : i + 1, :n], batch["motion_self"][i : i + 1, :n])
+      for k, v in parts.items():
+        totals[k] = totals.get(k, 0.0) + float(v) * n
+      weight += n
+  if weight == 0:
+    return {}
+  out = {f"val_loss_{k}": v / weight for k, v in totals.items()}
+  out["val_loss"] = sum(out.values())
+  return out
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains per `config` in `workdir` (resuming if it holds a checkpoint); returns the last metrics."""
+  from dualtalk_jax.data import pipeline
+
+  jax.config.update("jax_threefry_partitionable", True)
+  workdir = os.path.abspath(workdir)
+  if config.get("synthetic") and config.synthetic.get("enabled", False):
+    with config.unlocked():
+      config.data.train_dir = config.data.train_dir or os.path.join(workdir, "data", "train")
+      config.data.val_dir = config.data.val_dir or os.path.join(workdir, "data", "val")
+    ensure_synthetic_data(config, workdir)
+  if not config.data.train_dir:
+    raise ValueError("config.data.train_dir is empty: point it at a folder made by experiments.preprocess")
+  write_config(config, workdir)
+
+  cfg = model_config(config)
+  devices = jax.devices()[: config.mesh.num_devices] if config.mesh.get("num_devices") else None
+  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, devices)
+  n_proc = jax.process_count()
+  if config.batch_size % (n_proc * config.grad_accum) or (config.batch_size // config.grad_accum) % mesh.size:
+    raise ValueError(f"batch_size {config.batch_size} must split over {n_proc} processes, grad_accum {config.grad_accum} "
+                     f"and {mesh.size} devices")
+  model_def = step_lib.ModelDef(cfg, dtype=compute_dtype(config))
+  ocfg = optim_config(config)
+  tx = step_lib.make_optimizer(ocfg, model_def.abstract_params)
+  schedule = step_lib.learning_rate_schedule(ocfg)
+
+  ds = pipeline.make_train_dataset(
+      config.data.train_dir, window_frames=config.data.window_frames, batch_size=config.batch_size // n_proc,
+      seed=config.seed, shuffle=True, num_epochs=None, worker_count=config.data.worker_count,
+      thread_count=config.data.thread_count, prefetch=config.data.prefetch, clips_per_block=config.data.clips_per_block)
+  data_iter = iter(ds)
+  ckpt = checkpoint.TrainCheckpointer(workdir, cfg, keep=config.keep_checkpoints)
+
+  abstract_state = jax.eval_shape(lambda p: {"step": jnp.zeros((), jnp.int32), "params": p, "opt_state": tx.init(p)},
+                                  model_def.abstract_params)
+  shardings = step_lib.state_shardings(abstract_state, mesh)
+  latest = ckpt.latest_step()
+  if latest is not None:
+    logging.info("resuming from %s step %d", ckpt.root, latest)
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings)
+    state = ckpt.restore(latest, target, data_iter)
+  else:
+    state, _ = step_lib.init_state(model_def, tx, initial_params(config, model_def), mesh=mesh)
+  train_step = step_lib.make_train_step(model_def, tx, seed=config.seed, grad_accum=config.grad_accum, mesh=mesh,
+                                        state_shardings=shardings)
+  eval_step = step_lib.make_eval_step(model_def)
+
+  writer = _summary_writer(workdir)
+  preemption = _Preemption()
+  start_step = int(jax.device_get(state["step"]))
+  frames_per_step = config.batch_size * config.data.window_frames
+  flops_per_step, peak = None, peak_flops(jax.devices()[0])
+  metrics: dict[str, Any] = {}
+  progress = None
+  if jax.process_index() == 0 and config.get("progress_bar", True):
+    from tqdm import tqdm
+
+    progress = tqdm(total=config.total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+  t0, last_log_step = time.time(), start_step
+  try:
+    for step in range(start_step, config.total_steps):
+      batch = sharding.shard_batch({k: v for k, v in next(data_iter).items() if k in step_lib.BATCH_NDIM}, mesh)
+      if flops_per_step is None:  # compile once, ahead of time, and keep its cost analysis
+        train_step = train_step.lower(state, batch).compile()
+        cost = train_step.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        flops_per_step = float(cost.get("flops", 0.0)) if cost else 0.0
+      state, m = train_step(state, batch)
+      done = step + 1
+      loss = float(m["loss"])
+      if not np.isfinite(loss):
+        raise NonFiniteLossError(f"non-finite loss ({loss}) at step {done}; stopped without saving, the last good "
+                                 f"checkpoint in {ckpt.root} is kept")
+      if progress:
+        progress.update(1)
+      if done % config.log_every == 0 or done == config.total_steps:
+        m = jax.device_get(m)
+        dt = time.time() - t0
+        steps_s = (done - last_log_step) / max(dt, 1e-9)
+        metrics = {k: float(v) for k, v in m.items()}
+        metrics.update(learning_rate=float(schedule(done - 1)), steps_per_s=steps_s, frames_per_s=steps_s * frames_per_step)
+        if flops_per_step and peak:
+          metrics["mfu"] = steps_s * flops_per_step / (peak * jax.device_count())
+        t0, last_log_step = time.time(), done
+        logging.info("step %d: %s", done, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        if progress:
+          progress.set_postfix(loss=f"{metrics['loss']:.4f}")
+        if writer:
+          for k, v in metrics.items():
+            writer.add_scalar(f"train/{k}", v, done)
+      if config.eval_every and config.data.get("val_dir") and (done % config.eval_every == 0 or done == config.total_steps):
+        val = validate(config, model_def, eval_step, state["params"], mesh)
+        if val:
+          metrics.update(val)
+          logging.info("step %d validation: %s", done, " ".join(f"{k}={v:.4g}" for k, v in val.items()))
+          if writer:
+            for k, v in val.items():
+              writer.add_scalar(f"val/{k}", v, done)
+          ckpt.save_best(done, state["params"], val["val_loss"])
+      if done % config.checkpoint_every == 0 or done == config.total_steps or preemption.requested:
+        ckpt.save(done, state, data_iter, metrics)
+      if preemption.requested:
+        logging.warning("preempted: saved step %d, exiting", done)
+        break
+  finally:
+    ckpt.wait()
+    ckpt.close()
+    preemption.restore()
+    if progress:
+      progress.close()
+    if writer:
+      writer.close()
+  metrics["step"] = int(jax.device_get(state["step"]))
+  metrics["flops_per_step"] = flops_per_step or 0.0
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "last_metrics.json"), "w") as f:
+      json.dump(metrics, f, indent=2)
+  return {"metrics": metrics, "state": state, "model_def": model_def}

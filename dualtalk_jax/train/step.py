@@ -1,0 +1,190 @@
+"""Pure, jitted training and prediction steps over an explicit train state.
+
+The model is split once (`nnx.split`) into a graph definition and its params; params
+live in the train state as the nested string-keyed dict that checkpoints store
+(`checkpoint.params_tree`), so the optimizer state, the sharding rules and the
+checkpoints all address a parameter by the same path. `nnx.merge` happens only inside
+the traced step. Dropout/SpecAugment/LayerDrop randomness is a pure function of
+(seed, step, micro-batch): the step reseeds the model's 'dropout' streams, so a resumed
+run draws exactly what a straight run draws.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from dualtalk_jax import checkpoint, sharding
+from dualtalk_jax.config import DualTalkConfig
+from dualtalk_jax.models.dualtalk import DualTalk, frame_mask
+from dualtalk_jax.train.loss import dualtalk_loss
+
+MODEL_INPUTS = ("audio_self", "audio_other", "motion_other", "audio_self_lengths", "audio_other_lengths",
+                "motion_other_lengths", "num_frames")
+BATCH_NDIM = {"audio_self": 2, "audio_other": 2, "motion_other": 3, "motion_self": 3, "audio_self_lengths": 1,
+              "audio_other_lengths": 1, "motion_other_lengths": 1, "num_frames": 1}
+FROZEN = re.compile(r".*\.feature_extractor\..*")  # the conv feature extractors (released: frozen)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+  learning_rate: float = 1e-4
+  decay_rate: float = 0.8  # released: lr x0.8 ...
+  decay_steps: int = 0  # ... every this many steps (50 epochs); 0 = constant
+  grad_clip_norm: float = 0.0  # 0 = off (released: off)
+  freeze_feature_extractor: bool = True
+
+
+def learning_rate_schedule(cfg: OptimConfig) -> optax.Schedule:
+  if cfg.decay_steps <= 0:
+    return optax.constant_schedule(cfg.learning_rate)
+  return optax.exponential_decay(cfg.learning_rate, cfg.decay_steps, cfg.decay_rate, staircase=True)
+
+
+def param_labels(params) -> Any:
+  paths = checkpoint.flatten_tree(params)
+  labels = {p: ("frozen" if FROZEN.fullmatch(".".join(p)) else "train") for p in paths}
+  return checkpoint.params_tree(labels)
+
+
+def make_optimizer(cfg: OptimConfig, params) -> optax.GradientTransformation:
+  """Adam as released, with the conv feature extractors frozen (no update, no moments)."""
+  parts = [optax.clip_by_global_norm(cfg.grad_clip_norm)] if cfg.grad_clip_norm > 0 else []
+  adam = optax.chain(*parts, optax.adam(learning_rate_schedule(cfg)))
+  if not cfg.freeze_feature_extractor:
+    return adam
+  return optax.multi_transform({"train": adam, "frozen": optax.set_to_zero()}, param_labels(params))
+
+
+class ModelDef:
+  """A DualTalk graph split from its params, for use inside traced functions."""
+
+  def __init__(self, cfg: DualTalkConfig, *, dtype=jnp.float32):
+    model = nnx.eval_shape(lambda: DualTalk(cfg, rngs=nnx.Rngs(0), dtype=dtype))
+    self.config = cfg
+    model.train()
+    self.train_graph, abstract, self.rest = nnx.split(model, nnx.Param, ...)
+    model.eval()
+    self.eval_graph, _, _ = nnx.split(model, nnx.Param, ...)
+    self._template = list(nnx.to_flat_state(abstract))
+    self.abstract_params = checkpoint.params_tree(
+        {p: jax.ShapeDtypeStruct(v.shape, v.dtype) for p, v in self._template}
+    )
+    # the rng state leaves are key arrays: concrete placeholders, reseeded every step
+    self.rest = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype) if not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+                             else jax.random.wrap_key_data(jnp.zeros(x.shape + (2,), jnp.uint32)), self.rest)
+
+  def merge(self, params, *, train: bool) -> DualTalk:
+    flat = checkpoint.flatten_tree(params)
+    state = nnx.from_flat_state([(p, v.replace(value=flat[tuple(str(k) for k in p)])) for p, v in self._template])
+    rest = jax.tree.map(jnp.asarray, self.rest)  # fresh Variables at the caller's trace level
+    return nnx.merge(self.train_graph if train else self.eval_graph, state, rest)
+
+  def init_params(self, seed: int) -> dict:
+    """Fresh params (torch-style init for DualTalk layers, HF-style for wav2vec2)."""
+    return checkpoint.model_params(DualTalk(self.config, rngs=nnx.Rngs(seed)))
+
+
+def forward(model: DualTalk, batch: dict, max_frames: int):
+  return model(*(batch[k] for k in MODEL_INPUTS[:3]),
+               audio_self_lengths=batch["audio_self_lengths"], audio_other_lengths=batch["audio_other_lengths"],
+               motion_other_lengths=batch["motion_other_lengths"], num_frames=batch["num_frames"], max_frames=max_frames)
+
+
+def batch_loss(model: DualTalk, batch: dict):
+  max_frames = batch["motion_self"].shape[1]
+  pred = forward(model, batch, max_frames)
+  mask = frame_mask(batch["num_frames"], max_frames)
+  return dualtalk_loss(pred, batch["motion_self"], mask)
+
+
+def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, *, seed: int, grad_accum: int = 1,
+                    mesh: Mesh | None = None, state_shardings=None) -> Callable:
+  """jit(state, batch) -> (state, metrics), with state = {'step', 'params', 'opt_state'}.
+
+  The global batch is split into `grad_accum` micro-batches whose gradients are averaged
+  (a scan, so memory is that of one micro-batch). With a mesh, the step has explicit
+  in/out shardings and donates the old state.
+  """
+  base_key = jax.random.key(seed)
+
+  def micro_loss(params, micro, key):
+    model = model_def.merge(params, train=True)
+    nnx.reseed(model, dropout=key)
+    return batch_loss(model, micro)
+
+  grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+
+  def step_fn(state, batch):
+    step = state["step"]
+    key = jax.random.fold_in(base_key, step)
+    batch = {k: batch[k] for k in BATCH_NDIM}
+    if grad_accum == 1:
+      (loss, parts), grads = grad_fn(state["params"], batch, jax.random.fold_in(key, 0))
+    else:
+      micro = jax.tree.map(lambda x: x.reshape((grad_accum, x.shape[0] // grad_accum) + x.shape[1:]), batch)
+
+      def body(acc, xs):
+        i, mb = xs
+        (l, p), g = grad_fn(state["params"], mb, jax.random.fold_in(key, i))
+        return jax.tree.map(jnp.add, acc, (l, p, g)), None
+
+      zeros = jax.tree.map(jnp.zeros_like, (jnp.zeros(()), {k: jnp.zeros(()) for k in ("exp", "jaw", "neck", "velocity")},
+                                            state["params"]))
+      (loss, parts, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(grad_accum), micro))
+      loss, parts, grads = jax.tree.map(lambda x: x / grad_accum, (loss, parts, grads))
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    metrics = {"loss": loss, **{f"loss_{k}": v for k, v in parts.items()}, "grad_norm": optax.global_norm(grads)}
+    return {"step": step + 1, "params": params, "opt_state": opt_state}, metrics
+
+  if mesh is None:
+    return jax.jit(step_fn, donate_argnums=0)
+  batch_sh = {k: sharding.batch_sharding(mesh, n) for k, n in BATCH_NDIM.items()}
+  return jax.jit(step_fn, in_shardings=(state_shardings, batch_sh), out_shardings=(state_shardings, sharding.replicated(mesh)),
+                 donate_argnums=0)
+
+
+def make_eval_step(model_def: ModelDef) -> Callable:
+  """jit(params, batch) -> predictions (B, T, 56) in eval mode, T = batch['motion_self'] frames."""
+
+  def eval_fn(params, batch):
+    model = model_def.merge(params, train=False)
+    max_frames = batch["motion_self"].shape[1]
+    return forward(model, batch, max_frames)
+
+  return jax.jit(eval_fn)
+
+
+def init_state(model_def: ModelDef, tx: optax.GradientTransformation, params, *, mesh: Mesh | None = None):
+  """The train state (params from `params`, host or device), placed by the sharding rules."""
+  def build(p):
+    return {"step": jnp.zeros((), jnp.int32), "params": p, "opt_state": tx.init(p)}
+
+  if mesh is None:
+    return jax.jit(build)(params), None
+  abstract = jax.eval_shape(build, model_def.abstract_params)
+  shardings = state_shardings(abstract, mesh)
+  params = jax.device_put(params, shardings["params"])
+  return jax.jit(build, out_shardings=shardings)(params), shardings
+
+
+def state_shardings(abstract_state, mesh: Mesh):
+  sh = sharding.tree_shardings(abstract_state, mesh)
+  sh["step"] = sharding.replicated(mesh)
+  return sh
+
+
+def host_params(state) -> dict:
+  """Params as host numpy arrays (gathers sharded arrays; multi-host safe)."""
+  from jax.experimental import multihost_utils
+
+  return jax.tree.map(lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)), state["params"])

@@ -1,0 +1,33 @@
+r"""Quickstart: the tiny model on synthetic conversations it generates into the workdir (CPU, minutes)."""
+
+import ml_collections
+
+from experiments.configs import dualtalk
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+  del arg
+  c = dualtalk.get_config("large")
+  c.model = "tiny"
+  c.steps_per_epoch = 20
+  c.num_epochs = 20
+  c.total_steps = 400
+  c.batch_size = 8
+  c.checkpoint_every = 100
+  c.log_every = 20
+  c.eval_every = 200
+  c.optim.learning_rate = 1e-3
+  c.optim.decay_steps = 200
+  c.data.train_dir = ""  # set from the workdir by experiments.quickstart / train
+  c.data.val_dir = ""
+  c.data.window_frames = 50
+  c.data.clips_per_block = 8
+  c.data.eval_batch_size = 4
+  c.data.eval_bucket_frames = 100
+  c.synthetic.enabled = True
+  c.synthetic.seed = 0
+  c.synthetic.num_train_clips = 48
+  c.synthetic.num_val_clips = 8
+  c.synthetic.min_seconds = 8.0
+  c.synthetic.max_seconds = 14.0
+  return c
