@@ -119,7 +119,8 @@ def test_motion_roundtrip_and_layout():
     ({"exp": np.zeros((3, 49)), "pose": np.zeros((3, 6))}, r"'exp' has shape \(3, 49\)"),
     ({"exp": np.zeros((3, 50)), "pose": np.zeros((3, 3))}, r"'pose' has shape"),
     ({"exp": np.zeros((3, 50)), "pose": np.zeros((4, 6))}, "frames"),
-    ({"exp": np.full((3, 50), np.nan), "pose": np.zeros((3, 6))}, r"NaN or inf values in \['exp'\]"),
+    ({"exp": np.full((3, 50), np.nan), "pose": np.zeros((3, 6))},
+     r"NaN or inf values in \['exp'\]"),
 ])
 def test_motion_validation(bad, match):
   with pytest.raises(ValueError, match=match):

@@ -55,8 +55,9 @@ def test_window_formula_and_exact_content(data):
   for i, (cid, w, t) in enumerate(_keys([b])):
     s, o = (1, 2) if t == 1 else (2, 1)
     c = clips[cid]
-    np.testing.assert_array_equal(b["audio_self"][i], c[f"audio_{s}"][w * W * 640:(w + 1) * W * 640])
-    np.testing.assert_array_equal(b["audio_other"][i], c[f"audio_{o}"][w * W * 640:(w + 1) * W * 640])
+    span = slice(w * W * 640, (w + 1) * W * 640)
+    np.testing.assert_array_equal(b["audio_self"][i], c[f"audio_{s}"][span])
+    np.testing.assert_array_equal(b["audio_other"][i], c[f"audio_{o}"][span])
     np.testing.assert_array_equal(b["motion_self"][i], c[f"motion_{s}"][w * W:(w + 1) * W])
     np.testing.assert_array_equal(b["motion_other"][i], c[f"motion_{o}"][w * W:(w + 1) * W])
 

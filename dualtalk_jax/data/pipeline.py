@@ -38,8 +38,9 @@ Batch keys (training, all `B = batch_size` rows, numpy):
 Evaluation (`make_eval_dataset`) yields whole clips in a fixed order (manifest order,
 target speaker 1 then 2), padded to a multiple of `bucket_frames`, with the true
 lengths in the length keys (`num_frames` = ground-truth frames of motion_self; the
-model's own T comes from `audio.num_frames(audio_self_lengths)`) and `valid` (B,) int32 (0 for padding rows: the last batch,
-and the rows that give every process the same number of batches).
+model's own T comes from `audio.num_frames(audio_self_lengths)`) and `valid` (B,) int32
+(0 for padding rows: the last batch, and the rows that give every process the same
+number of batches).
 """
 
 from __future__ import annotations
