@@ -284,3 +284,20 @@ def test_bf16_compute_runs(tmp_path_factory):
   assert h.dtype == jnp.bfloat16
   want = np.asarray(_fwd(ref, audio)[0])
   assert np.abs(np.asarray(h, np.float32) - want).max() < 0.25 * np.abs(want).max()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["base_960h", "large_lv60"])
+def test_hf_parity_full_size(name, tmp_path_factory):
+  """The published architectures (random perturbed weights, no download), 1.3 s of audio."""
+  from dualtalk_jax.config import WAV2VEC2_BASE_960H, WAV2VEC2_LARGE_LV60
+
+  cfg = {"base_960h": WAV2VEC2_BASE_960H, "large_lv60": WAV2VEC2_LARGE_LV60}[name]
+  hf, ours = _hf_and_ours(cfg, tmp_path_factory)
+  audio = np.random.default_rng(7).standard_normal((1, 20917)).astype(np.float32)
+  want = _hf_forward(hf, audio)
+  got = np.asarray(_fwd(ours, jnp.asarray(audio))[0])
+  diff = np.abs(got - want).max()
+  print(f"{name}: max |diff| {diff:.3g}")
+  assert diff <= 5e-5, f"{name}: max |diff| {diff:.3g}"
+  _HF_CACHE.clear()
