@@ -80,10 +80,12 @@ def read_state_dict(directory: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_pretrained(directory: str | os.PathLike, *, rngs: nnx.Rngs | None = None) -> Wav2Vec2Model:
-  """A `Wav2Vec2Model` built from `directory/config.json` with its weights."""
+  """A `Wav2Vec2Model` built from `directory/config.json` with its weights, in eval mode
+  (as HF's `from_pretrained`; call `.train()` to fine-tune)."""
   cfg = Wav2Vec2Config.from_json(directory)
-  model = Wav2Vec2Model(cfg, rngs=rngs or nnx.Rngs(0))
+  model = Wav2Vec2Model(cfg, rngs=rngs or nnx.Rngs(params=0, dropout=1))
   load_into(model, directory)
+  model.eval()
   return model
 
 

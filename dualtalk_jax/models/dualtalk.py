@@ -32,6 +32,12 @@ from dualtalk_jax.models import layers
 from dualtalk_jax.models.wav2vec2 import Wav2Vec2Model
 
 
+def make_rngs(seed: int) -> nnx.Rngs:
+  """Rngs with explicit 'params' and 'dropout' streams, so `nnx.reseed(model, dropout=k)` reaches
+  every Dropout, SpecAugment and LayerDrop stream (with a bare `nnx.Rngs(seed)` they are 'default')."""
+  return nnx.Rngs(params=seed, dropout=seed + 1)
+
+
 def frame_mask(num_frames, max_frames: int):
   """(B,) frame counts -> (B, max_frames) bool, True on real frames."""
   return jnp.arange(max_frames)[None, :] < jnp.asarray(num_frames)[:, None]
@@ -206,7 +212,7 @@ def predict(model: DualTalk, audio_self, audio_other, motion_other, *, audio_sel
 
 def abstract_model(cfg: DualTalkConfig, **kw) -> DualTalk:
   """The model with shapes only (nothing allocated), e.g. to count parameters."""
-  return nnx.eval_shape(lambda: DualTalk(cfg, rngs=nnx.Rngs(0), **kw))
+  return nnx.eval_shape(lambda: DualTalk(cfg, rngs=make_rngs(0), **kw))
 
 
 def count_params(model: nnx.Module) -> int:

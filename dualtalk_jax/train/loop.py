@@ -72,12 +72,10 @@ def initial_params(config, model_def: step_lib.ModelDef) -> dict:
       raise ValueError(f"{config.init_checkpoint}: its model config differs from the run's")
     return params
   if config.get("pretrained_wav2vec2"):
-    from flax import nnx
-
     from dualtalk_jax.convert import hf_wav2vec2
-    from dualtalk_jax.models.dualtalk import DualTalk
+    from dualtalk_jax.models.dualtalk import DualTalk, make_rngs
 
-    model = DualTalk(model_def.config, rngs=nnx.Rngs(config.seed))
+    model = DualTalk(model_def.config, rngs=make_rngs(config.seed))
     hf_wav2vec2.init_dualtalk_encoders(model, config.pretrained_wav2vec2)
     return checkpoint.model_params(model)
   return model_def.init_params(config.seed)

@@ -24,7 +24,7 @@ from jax.sharding import Mesh
 
 from dualtalk_jax import checkpoint, sharding
 from dualtalk_jax.config import DualTalkConfig
-from dualtalk_jax.models.dualtalk import DualTalk, frame_mask
+from dualtalk_jax.models.dualtalk import DualTalk, frame_mask, make_rngs
 from dualtalk_jax.train.loss import dualtalk_loss
 
 MODEL_INPUTS = ("audio_self", "audio_other", "motion_other", "audio_self_lengths", "audio_other_lengths",
@@ -68,7 +68,7 @@ class ModelDef:
   """A DualTalk graph split from its params, for use inside traced functions."""
 
   def __init__(self, cfg: DualTalkConfig, *, dtype=jnp.float32):
-    model = nnx.eval_shape(lambda: DualTalk(cfg, rngs=nnx.Rngs(0), dtype=dtype))
+    model = nnx.eval_shape(lambda: DualTalk(cfg, rngs=make_rngs(0), dtype=dtype))
     self.config = cfg
     model.train()
     self.train_graph, abstract, self.rest = nnx.split(model, nnx.Param, ...)
@@ -90,7 +90,7 @@ class ModelDef:
 
   def init_params(self, seed: int) -> dict:
     """Fresh params (torch-style init for DualTalk layers, HF-style for wav2vec2)."""
-    return checkpoint.model_params(DualTalk(self.config, rngs=nnx.Rngs(seed)))
+    return checkpoint.model_params(DualTalk(self.config, rngs=make_rngs(seed)))
 
 
 def forward(model: DualTalk, batch: dict, max_frames: int):

@@ -1,0 +1,151 @@
+"""Training: configs load, 1 vs 8 devices, exact resume, restore on another mesh, NaN stop."""
+
+import importlib
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from dualtalk_jax import checkpoint
+from dualtalk_jax.data import preprocess, synthetic
+from dualtalk_jax.train import loop, step as step_lib
+from experiments.configs import quickstart
+
+CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "configs"
+VARIANTS = {"dualtalk.py": ["large", "base"], "quickstart.py": [""]}
+
+
+def test_every_config_file_loads():
+  files = sorted(p.name for p in CONFIG_DIR.glob("*.py") if p.name != "__init__.py")
+  assert files == sorted(VARIANTS)
+  for name in files:
+    module = importlib.import_module(f"experiments.configs.{name[:-3]}")
+    for arg in VARIANTS[name]:
+      c = module.get_config(arg)
+      assert c.seed >= 0 and c.total_steps > 0 and c.checkpoint_every > 0
+      assert loop.model_config(c) is not None
+
+
+@pytest.fixture(scope="module")
+def data_dirs(tmp_path_factory):
+  root = tmp_path_factory.mktemp("data")
+  out = {}
+  for split, n, seed in (("train", 4, 0), ("val", 2, 1)):
+    synthetic.synthesize(str(root / f"raw_{split}"), n, seed, min_seconds=4.0, max_seconds=6.0)
+    preprocess.preprocess(str(root / f"raw_{split}"), str(root / split), window_frames=25)
+    out[split] = str(root / split)
+  return out
+
+
+def make_config(data_dirs, **overrides):
+  c = quickstart.get_config()
+  c.synthetic.enabled = False
+  c.data.train_dir, c.data.val_dir = data_dirs["train"], data_dirs["val"]
+  c.data.window_frames = 25
+  c.data.thread_count = 0
+  c.batch_size = 8
+  c.total_steps = 4
+  c.checkpoint_every = 2
+  c.log_every = 1
+  c.eval_every = 0
+  c.progress_bar = False
+  for k, v in overrides.items():
+    node = c
+    *parents, leaf = k.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = v
+  return c
+
+
+def run(data_dirs, workdir, **overrides):
+  out = loop.train_and_evaluate(make_config(data_dirs, **overrides), str(workdir))
+  return out["metrics"], step_lib.host_params(out["state"])
+
+
+def assert_params(a, b, exact, atol=3e-4):
+  """Exact, or close. Adam divides by sqrt(v), so reduction-order noise in near-zero
+  gradients moves a parameter by up to a fraction of the learning rate (1e-3 here); key
+  biases have an identically zero gradient (softmax ignores a shift shared by all keys),
+  so Adam turns pure noise into steps of up to lr: they get lr per step."""
+  fa, fb = checkpoint.flatten_tree(a), checkpoint.flatten_tree(b)
+  assert fa.keys() == fb.keys()
+  for k in fa:
+    if exact:
+      np.testing.assert_array_equal(fa[k], fb[k], err_msg=str(k))
+    else:
+      tol = 4 * 1e-3 if k[-2:] == ("k_proj", "bias") else atol
+      np.testing.assert_allclose(fa[k], fb[k], atol=tol, rtol=0, err_msg=str(k))
+
+
+@pytest.fixture(scope="module")
+def straight(data_dirs, tmp_path_factory):
+  """4 steps on all 8 devices (mesh data=4 x fsdp=2), uninterrupted."""
+  return run(data_dirs, tmp_path_factory.mktemp("straight"), total_steps=4, **{"mesh.data": 4, "mesh.fsdp": 2})
+
+
+def test_one_and_eight_devices_give_the_same_training(data_dirs, tmp_path, straight):
+  assert jax.device_count() == 8
+  m1, p1 = run(data_dirs, tmp_path / "one", total_steps=4, **{"mesh.num_devices": 1})
+  m8, p8 = straight
+  for k in ("loss", "loss_exp", "loss_jaw", "loss_neck", "loss_velocity"):
+    np.testing.assert_allclose(m1[k], m8[k], rtol=1e-5)
+  assert_params(p1, p8, exact=False)
+
+
+def test_resume_equals_straight_run_exactly(data_dirs, tmp_path, straight):
+  mesh = {"mesh.data": 4, "mesh.fsdp": 2}
+  first, _ = run(data_dirs, tmp_path / "resumed", total_steps=2, **mesh)
+  assert first["step"] == 2
+  metrics, resumed = run(data_dirs, tmp_path / "resumed", total_steps=4, **mesh)
+  assert metrics["step"] == 4
+  assert metrics["loss"] == straight[0]["loss"]
+  assert_params(straight[1], resumed, exact=True)
+
+
+def test_restore_onto_a_different_mesh(data_dirs, tmp_path, straight):
+  run(data_dirs, tmp_path / "moved", total_steps=2, **{"mesh.data": 1, "mesh.fsdp": 8})
+  metrics, moved = run(data_dirs, tmp_path / "moved", total_steps=4, **{"mesh.num_devices": 4, "mesh.data": 1, "mesh.fsdp": 4})
+  assert metrics["step"] == 4
+  np.testing.assert_allclose(metrics["loss"], straight[0]["loss"], rtol=1e-5)
+  assert_params(straight[1], moved, exact=False)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data_dirs, tmp_path):
+  with pytest.raises(loop.NonFiniteLossError, match=r"at step (2|3)"):
+    run(data_dirs, tmp_path / "nan", total_steps=6, checkpoint_every=1, **{"optim.learning_rate": 1e30})
+  ckpt = checkpoint.TrainCheckpointer(str(tmp_path / "nan"), loop.model_config(make_config(data_dirs)))
+  good = ckpt.latest_step()
+  ckpt.close()
+  assert good in (1, 2)
+  params, _, step = checkpoint.restore_params(str(tmp_path / "nan"))
+  assert step == good
+  assert all(np.isfinite(v).all() for v in checkpoint.flatten_tree(params).values())
+
+
+def test_validation_and_best_checkpoint(data_dirs, tmp_path):
+  metrics, _ = run(data_dirs, tmp_path / "val", total_steps=2, eval_every=2)
+  assert np.isfinite(metrics["val_loss"]) and metrics["val_loss"] > 0
+  _, _, step = checkpoint.restore_params(str(tmp_path / "val" / "best"))
+  assert step == 2
+
+
+def test_train_step_draws_fresh_dropout_each_step_and_repeats_per_step(data_dirs):
+  from dualtalk_jax.config import CONFIGS
+  from dualtalk_jax.data import pipeline
+
+  model_def = step_lib.ModelDef(CONFIGS["tiny"])
+  tx = step_lib.make_optimizer(step_lib.OptimConfig(learning_rate=0.0), model_def.abstract_params)
+  state, _ = step_lib.init_state(model_def, tx, model_def.init_params(0))
+  batch = next(iter(pipeline.make_train_dataset(data_dirs["train"], window_frames=25, batch_size=4)))
+  batch = {k: batch[k] for k in step_lib.BATCH_NDIM}
+  train_step = jax.jit(step_lib.make_train_step(model_def, tx, seed=0))  # lr 0: params never move
+  losses = []
+  for _ in range(3):
+    state, m = train_step(state, batch)
+    losses.append(float(m["loss"]))
+  assert len(set(losses)) == 3  # a new dropout/SpecAugment/LayerDrop draw every step
+  state["step"] = jax.numpy.zeros((), jax.numpy.int32)
+  _, m = train_step(state, batch)
+  assert float(m["loss"]) == losses[0]  # ... that depends on the step alone
