@@ -150,14 +150,21 @@ def restore_params(path: str | os.PathLike, *, step: int | None = None, target: 
   """
   root = resolve(path)
   cfg = read_model_config(root)
-  mgr = _manager(root)
-  step = mgr.latest_step() if step is None else step
+  if step is None:
+    mgr = _manager(root)
+    step = mgr.latest_step()
+    mgr.close()
   if step is None:
     raise FileNotFoundError(f"{root}: holds no complete checkpoint step")
-  args = ocp.args.StandardRestore(target)
-  restored = mgr.restore(step, args=ocp.args.Composite(params=args))
-  mgr.close()
-  return restored["params"], cfg, step
+  item = os.path.join(root, str(step), "params")
+  if not os.path.isdir(item):
+    raise FileNotFoundError(f"{item}: no params saved at step {step}")
+  with ocp.StandardCheckpointer() as ckptr:
+    if target is None:  # host numpy arrays, whatever topology the checkpoint was saved on
+      meta = flatten_tree(ckptr.metadata(item).item_metadata.tree)
+      target = params_tree({p: np.empty(m.shape, m.dtype) for p, m in meta.items()})
+    params = ckptr.restore(item, target)
+  return params, cfg, step
 
 
 class TrainCheckpointer:

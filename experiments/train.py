@@ -26,8 +26,8 @@ def initialize_distributed():
   kwargs = {}
   if _COORDINATOR.value:
     kwargs = dict(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
-  if jax.default_backend() == "cpu" or jax.config.jax_platforms == "cpu":
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  # Collectives between CPU processes (tests, CPU clusters); accelerators use their own.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(**kwargs)
   logging.info("process %d of %d, %d local / %d global devices", jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count())

@@ -149,3 +149,64 @@ def test_train_step_draws_fresh_dropout_each_step_and_repeats_per_step(data_dirs
   state["step"] = jax.numpy.zeros((), jax.numpy.int32)
   _, m = train_step(state, batch)
   assert float(m["loss"]) == losses[0]  # ... that depends on the step alone
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(data_dirs, tmp_path):
+  import signal
+  import subprocess
+  import sys
+
+  root = pathlib.Path(__file__).resolve().parents[1]
+  args = [sys.executable, "-m", "experiments.train", "--config=experiments/configs/quickstart.py", f"--workdir={tmp_path / 'w'}",
+          "--config.synthetic.enabled=False", f"--config.data.train_dir={data_dirs['train']}", "--config.data.val_dir=",
+          "--config.data.window_frames=25", "--config.data.thread_count=0", "--config.batch_size=8", "--config.total_steps=100000",
+          "--config.checkpoint_every=100000", "--config.log_every=1", "--config.eval_every=0", "--config.progress_bar=False",
+          "--config.mesh.num_devices=1"]
+  proc = subprocess.Popen(args, cwd=root, stderr=subprocess.PIPE, text=True)
+  for line in proc.stderr:
+    if "step 3:" in line:
+      proc.send_signal(signal.SIGTERM)
+      break
+  rest = proc.stderr.read()
+  assert proc.wait(timeout=300) == 0, rest[-2000:]
+  assert "preempted: saved step" in rest
+  ckpt = checkpoint.TrainCheckpointer(str(tmp_path / "w"), loop.model_config(make_config(data_dirs)))
+  step = ckpt.latest_step()
+  ckpt.close()
+  assert 3 <= step < 100000
+
+
+def _free_port():
+  import socket
+
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_equal_one_process_on_eight_devices(data_dirs, tmp_path):
+  """2 hosts x 4 CPU devices (gloo collectives), each reading its own data shard, vs 1 x 8."""
+  import json
+  import os
+  import subprocess
+  import sys
+
+  root = pathlib.Path(__file__).resolve().parents[1]
+  common = ["--config=experiments/configs/quickstart.py", "--config.synthetic.enabled=False",
+            f"--config.data.train_dir={data_dirs['train']}", "--config.data.val_dir=", "--config.data.window_frames=25",
+            "--config.data.thread_count=0", "--config.batch_size=8", "--config.total_steps=3", "--config.checkpoint_every=3",
+            "--config.log_every=1", "--config.eval_every=0", "--config.progress_bar=False", "--config.mesh.fsdp=2"]
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+  port = _free_port()
+  procs = [subprocess.Popen([sys.executable, "-m", "experiments.train", *common, f"--workdir={tmp_path / 'multi'}",
+                             f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
+                            cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  outs = [p.communicate(timeout=600)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+  single = run(data_dirs, tmp_path / "single", total_steps=3, checkpoint_every=3, **{"mesh.fsdp": 2, "data.num_shards": 2})
+  multi = json.loads((tmp_path / "multi" / "last_metrics.json").read_text())
+  for k in ("loss", "loss_exp", "loss_jaw", "loss_neck", "loss_velocity"):
+    np.testing.assert_allclose(multi[k], single[0][k], rtol=1e-5)
+  params, _, step = checkpoint.restore_params(str(tmp_path / "multi"))
+  assert step == 3
+  assert_params(params, single[1], exact=False)

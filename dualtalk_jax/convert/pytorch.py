@@ -102,7 +102,8 @@ def write_torch_file(state_dict: Mapping[str, np.ndarray], output: str, *, overw
       save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, tmp)
     else:
       torch = _import_torch(output)
-      torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state_dict.items()}, tmp)
+      writable = lambda v: v if v.flags.writeable and v.flags.c_contiguous else np.array(v, order="C")
+      torch.save({k: torch.from_numpy(writable(np.asarray(v))) for k, v in state_dict.items()}, tmp)
     os.replace(tmp, output)
   finally:
     if os.path.exists(tmp):

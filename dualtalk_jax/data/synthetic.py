@@ -212,9 +212,13 @@ def clip_name(index: int) -> str:
 
 
 def synthesize(output_dir: str, num_clips: int, seed: int = 0, *, min_seconds: float = 10.0,
-               max_seconds: float = 20.0, num_identities: int = 8,
+               max_seconds: float = 20.0, num_identities: int = 8, first_index: int = 0,
                progress: bool = False) -> list[str]:
-  """Writes `num_clips` conversations into `output_dir`; returns the clip names."""
+  """Writes `num_clips` conversations into `output_dir`; returns the clip names.
+
+  Clips are numbered from `first_index`: a held-out set of the same speakers is the same
+  seed with indices past the training set's.
+  """
   if num_clips < 1:
     raise ValueError(f"num_clips must be >= 1, got {num_clips}")
   if not 0 < min_seconds <= max_seconds:
@@ -222,7 +226,7 @@ def synthesize(output_dir: str, num_clips: int, seed: int = 0, *, min_seconds: f
   os.makedirs(output_dir, exist_ok=True)
   identities = make_identities(seed, num_identities)
   names = []
-  it = range(num_clips)
+  it = range(first_index, first_index + num_clips)
   if progress:
     from tqdm import tqdm
     it = tqdm(it, desc="synthesize", unit="clip")

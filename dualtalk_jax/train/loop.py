@@ -24,23 +24,9 @@ import numpy as np
 from absl import logging
 
 from dualtalk_jax import checkpoint, sharding
+from dualtalk_jax.aot import PEAK_FLOPS, peak_flops  # noqa: F401 (peak FLOP/s per chip, for MFU)
 from dualtalk_jax.config import DualTalkConfig, get_model_config
 from dualtalk_jax.train import step as step_lib
-
-# Peak dense FLOP/s per chip by `device_kind` substring (bf16; f32 matmuls on TPU run
-# at the same rate, on GPUs at the TF32 rate, about half).
-PEAK_FLOPS = {
-    "H200": 989e12, "H100": 989e12, "A100": 312e12, "TPU v4": 275e12, "TPU v5 lite": 197e12,
-    "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v5": 459e12, "TPU v6": 918e12,
-}
-
-
-def peak_flops(device) -> float | None:
-  kind = getattr(device, "device_kind", "")
-  for name, flops in PEAK_FLOPS.items():
-    if name.lower() in kind.lower():
-      return flops
-  return None
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -90,18 +76,74 @@ def ensure_synthetic_data(config, workdir: str) -> None:
   from dualtalk_jax.data import preprocess, synthetic
 
   syn = config.synthetic
-  splits = (("train", syn.num_train_clips, syn.seed, config.data.train_dir),
-            ("val", syn.num_val_clips, syn.seed + 1, config.data.val_dir))
+  # Held-out clips are new conversations of the same speakers (like the dataset's test split).
+  splits = (("train", syn.num_train_clips, 0, config.data.train_dir),
+            ("val", syn.num_val_clips, syn.num_train_clips, config.data.val_dir))
   if jax.process_index() == 0:
-    for name, num, seed, out_dir in splits:
+    for name, num, first, out_dir in splits:
       raw = os.path.join(workdir, "synthetic", name)
       if not (os.path.isdir(raw) and any(f.endswith(".npz") for f in os.listdir(raw))):
-        synthetic.synthesize(raw, num, seed, min_seconds=syn.min_seconds, max_seconds=syn.max_seconds)
+        synthetic.synthesize(raw, num, syn.seed, first_index=first, min_seconds=syn.min_seconds,
+                             max_seconds=syn.max_seconds)
       preprocess.preprocess(raw, out_dir, window_frames=config.data.window_frames)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
 
     multihost_utils.sync_global_devices("synthetic data ready")
+
+
+class ShardedIterator:
+  """Concatenates the rows of several data shards' iterators into one batch.
+
+  The data is split into `num_shards` shards (clips split by the pipeline's balance), each
+  giving batch_size / num_shards rows of every global batch, in shard order. A process
+  reads its own consecutive shards, so the global batch is the same whether one process
+  reads all shards or each of several hosts reads its own: a run gives the same result
+  on any number of hosts. Its state (all shards' states) saves with the checkpoint.
+  """
+
+  def __init__(self, iterators):
+    self.iterators = list(iterators)
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    parts = [next(it) for it in self.iterators]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+  def get_state(self) -> bytes:
+    return json.dumps([it.get_state() for it in self.iterators]).encode()
+
+  def set_state(self, state: bytes) -> None:
+    states = json.loads(state)
+    if len(states) != len(self.iterators):
+      raise ValueError(f"data iterator checkpoint holds {len(states)} shards, this process reads {len(self.iterators)}")
+    for it, s in zip(self.iterators, states):
+      it.set_state(s)
+
+  def start_prefetch(self) -> None:
+    for it in self.iterators:
+      getattr(it, "start_prefetch", lambda: None)()
+
+
+def train_iterator(config) -> ShardedIterator:
+  """This process's training batches: its shards of `config.data.num_shards` (0 = one per process)."""
+  from dualtalk_jax.data import pipeline
+
+  n_proc, pi = jax.process_count(), jax.process_index()
+  shards = config.data.get("num_shards", 0) or n_proc
+  if shards % n_proc or config.batch_size % shards:
+    raise ValueError(f"data.num_shards {shards} must be a multiple of the {n_proc} processes and divide batch_size "
+                     f"{config.batch_size}")
+  per = shards // n_proc
+  return ShardedIterator(
+      iter(pipeline.make_train_dataset(
+          config.data.train_dir, window_frames=config.data.window_frames, batch_size=config.batch_size // shards,
+          seed=config.seed, shuffle=True, num_epochs=None, worker_count=config.data.worker_count,
+          thread_count=config.data.thread_count, prefetch=config.data.prefetch,
+          clips_per_block=config.data.clips_per_block, process_index=shard, process_count=shards))
+      for shard in range(pi * per, (pi + 1) * per))
 
 
 def write_config(config, workdir: str) -> None:
@@ -178,8 +220,6 @@ def validate(config, model_def, eval_step, params, mesh) -> dict[str, float]:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains per `config` in `workdir` (resuming if it holds a checkpoint); returns the last metrics."""
-  from dualtalk_jax.data import pipeline
-
   jax.config.update("jax_threefry_partitionable", True)
   workdir = os.path.abspath(workdir)
   if config.get("synthetic") and config.synthetic.get("enabled", False):
@@ -198,16 +238,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if config.batch_size % (n_proc * config.grad_accum) or (config.batch_size // config.grad_accum) % mesh.size:
     raise ValueError(f"batch_size {config.batch_size} must split over {n_proc} processes, grad_accum {config.grad_accum} "
                      f"and {mesh.size} devices")
-  model_def = step_lib.ModelDef(cfg, dtype=compute_dtype(config))
+  model_def = step_lib.ModelDef(cfg, dtype=compute_dtype(config), remat=config.get("remat", ""))
   ocfg = optim_config(config)
   tx = step_lib.make_optimizer(ocfg, model_def.abstract_params)
   schedule = step_lib.learning_rate_schedule(ocfg)
 
-  ds = pipeline.make_train_dataset(
-      config.data.train_dir, window_frames=config.data.window_frames, batch_size=config.batch_size // n_proc,
-      seed=config.seed, shuffle=True, num_epochs=None, worker_count=config.data.worker_count,
-      thread_count=config.data.thread_count, prefetch=config.data.prefetch, clips_per_block=config.data.clips_per_block)
-  data_iter = iter(ds)
+  data_iter = train_iterator(config)
   ckpt = checkpoint.TrainCheckpointer(workdir, cfg, keep=config.keep_checkpoints)
 
   abstract_state = jax.eval_shape(lambda p: {"step": jnp.zeros((), jnp.int32), "params": p, "opt_state": tx.init(p)},

@@ -67,8 +67,8 @@ def make_optimizer(cfg: OptimConfig, params) -> optax.GradientTransformation:
 class ModelDef:
   """A DualTalk graph split from its params, for use inside traced functions."""
 
-  def __init__(self, cfg: DualTalkConfig, *, dtype=jnp.float32):
-    model = nnx.eval_shape(lambda: DualTalk(cfg, rngs=make_rngs(0), dtype=dtype))
+  def __init__(self, cfg: DualTalkConfig, *, dtype=jnp.float32, remat: str = ""):
+    model = nnx.eval_shape(lambda: DualTalk(cfg, rngs=make_rngs(0), dtype=dtype, remat=remat))
     self.config = cfg
     model.train()
     self.train_graph, abstract, self.rest = nnx.split(model, nnx.Param, ...)
@@ -153,15 +153,21 @@ def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, *, se
                  donate_argnums=0)
 
 
-def make_eval_step(model_def: ModelDef) -> Callable:
-  """jit(params, batch) -> predictions (B, T, 56) in eval mode, T = batch['motion_self'] frames."""
+def make_eval_step(model_def: ModelDef, *, mesh: Mesh | None = None, param_shardings=None) -> Callable:
+  """jit(params, batch) -> predictions (B, T, 56) in eval mode, T = batch['motion_self'] frames.
+
+  With a mesh, params/batch/predictions have explicit shardings (batch split as in training).
+  """
 
   def eval_fn(params, batch):
     model = model_def.merge(params, train=False)
     max_frames = batch["motion_self"].shape[1]
     return forward(model, batch, max_frames)
 
-  return jax.jit(eval_fn)
+  if mesh is None:
+    return jax.jit(eval_fn)
+  batch_sh = {k: sharding.batch_sharding(mesh, n) for k, n in BATCH_NDIM.items()}
+  return jax.jit(eval_fn, in_shardings=(param_shardings, batch_sh), out_shardings=sharding.batch_sharding(mesh, 3))
 
 
 def init_state(model_def: ModelDef, tx: optax.GradientTransformation, params, *, mesh: Mesh | None = None):

@@ -53,6 +53,7 @@ def get_config(arg: str = "large") -> ml_collections.ConfigDict:
   c.data.train_dir = ""
   c.data.val_dir = ""
   c.data.window_frames = 200
+  c.data.num_shards = 0  # data shards, each read by one process (0 = one per process); fixes the batches across host counts
   c.data.worker_count = 0
   c.data.thread_count = 2
   c.data.prefetch = 2

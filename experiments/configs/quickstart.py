@@ -18,6 +18,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.eval_every = 200
   c.optim.learning_rate = 1e-3
   c.optim.decay_steps = 200
+  c.optim.freeze_feature_extractor = False  # from scratch: the conv features must learn too
   c.data.train_dir = ""  # set from the workdir by experiments.quickstart / train
   c.data.val_dir = ""
   c.data.window_frames = 50

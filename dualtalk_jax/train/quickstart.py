@@ -1,0 +1,129 @@
+"""The quickstart: synthetic conversations -> shards -> a tiny model trained on CPU -> evaluation.
+
+`run(workdir)` synthesizes a small train and a held-out set of conversations
+(`dualtalk_jax/data/synthetic.py`), preprocesses them into ArrayRecord shards, trains
+the tiny config for a few minutes, predicts every held-out clip in both directions and
+scores it against a mean-pose baseline (the per-dimension mean of the training motion,
+the best constant prediction), then writes predictions, a plot and the checkpoint
+exported to PyTorch. Everything lands in the workdir; re-running resumes or reuses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+from dualtalk_jax.data import pipeline, records
+from dualtalk_jax.train import loop, step as step_lib
+from dualtalk_jax.train.loss import GROUPS
+from experiments.configs import quickstart as quickstart_config
+
+
+def mean_pose(train_dir: str) -> np.ndarray:
+  """Per-dimension mean of all training motion frames (both speakers): the baseline."""
+  total, count = np.zeros(56, np.float64), 0
+  reader = pipeline.ClipReader(train_dir, records.load_manifest(train_dir))
+  for clip in records.load_manifest(train_dir)["clips"]:
+    rec = reader(clip["record_index"])
+    for k in ("motion_1", "motion_2"):
+      total += rec[k].sum(0)
+      count += rec[k].shape[0]
+  return (total / max(count, 1)).astype(np.float32)
+
+
+def evaluate_against_baseline(config, out: dict[str, Any], pred_dir: str) -> dict[str, float]:
+  """Predicts held-out clips, writes `<clip>_speakerK.npy`, and scores model vs mean pose (MSE per group)."""
+  model_def = out["model_def"]
+  params = out["state"]["params"]
+  eval_step = step_lib.make_eval_step(model_def)
+  base = mean_pose(config.data.train_dir)
+  manifest = records.load_manifest(config.data.val_dir)
+  names = {c["record_index"]: c["name"] for c in manifest["clips"]}
+  sums = {f"{who}_{g}": 0.0 for who in ("model", "baseline") for g in list(GROUPS) + ["all"]}
+  counts = {g: 0 for g in list(GROUPS) + ["all"]}
+  os.makedirs(pred_dir, exist_ok=True)
+  ds = pipeline.make_eval_dataset(config.data.val_dir, batch_size=config.data.eval_batch_size,
+                                  bucket_frames=config.data.eval_bucket_frames)
+  for batch in ds:
+    pred = np.asarray(eval_step(params, {k: batch[k] for k in step_lib.BATCH_NDIM}))
+    for i in np.flatnonzero(batch["valid"]):
+      n = int(batch["num_frames"][i])
+      p, gt = pred[i, :n], batch["motion_self"][i, :n]
+      np.save(os.path.join(pred_dir, f"{names[int(batch['clip_id'][i])]}_speaker{int(batch['target'][i])}.npy"), p)
+      for g, s in list(GROUPS.items()) + [("all", slice(0, 56))]:
+        sums[f"model_{g}"] += float(np.sum((p[:, s] - gt[:, s]) ** 2))
+        sums[f"baseline_{g}"] += float(np.sum((base[s] - gt[:, s]) ** 2))
+        counts[g] += gt[:, s].size
+  return {k: v / max(counts[k.split("_", 1)[1]], 1) for k, v in sums.items()}
+
+
+def run(workdir: str, **overrides) -> dict[str, Any]:
+  """Runs the whole quickstart in `workdir`; returns paths and the model/baseline MSEs."""
+  from dualtalk_jax.convert import pytorch
+
+  config = quickstart_config.get_config()
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  workdir = os.path.abspath(workdir)
+  out = loop.train_and_evaluate(config, workdir)
+  result: dict[str, Any] = {"workdir": workdir, "final_train_loss": out["metrics"].get("loss")}
+  if jax.process_index() != 0:
+    return result
+  pred_dir = os.path.join(workdir, "predictions")
+  scores = evaluate_against_baseline(config, out, pred_dir)
+  result["mse"] = scores
+  result["predictions"] = pred_dir
+  try:  # torch is optional at run time (requirements-test.txt); safetensors needs no torch
+    import torch  # noqa: F401
+
+    export = os.path.join(workdir, "dualtalk_tiny.pth")
+  except ImportError:
+    export = os.path.join(workdir, "dualtalk_tiny.safetensors")
+  pytorch.checkpoint_to_torch(workdir, export, overwrite=True)
+  result["pytorch_checkpoint"] = export
+  result["checkpoints"] = os.path.join(workdir, "checkpoints")
+  plot = os.path.join(workdir, "prediction.png")
+  if _plot_first_clip(config, pred_dir, plot):
+    result["plot"] = plot
+  with open(os.path.join(workdir, "quickstart_results.json"), "w") as f:
+    json.dump(result, f, indent=2)
+  return result
+
+
+def _plot_first_clip(config, pred_dir: str, path: str) -> bool:
+  """Plots the first held-out clip's prediction vs ground truth (jaw, neck, leading exp)."""
+  try:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+  except ImportError:
+    return False
+  manifest = records.load_manifest(config.data.val_dir)
+  clip = manifest["clips"][0]
+  rec = pipeline.ClipReader(config.data.val_dir, manifest)(clip["record_index"])
+  pred = np.load(os.path.join(pred_dir, f"{clip['name']}_speaker1.npy"))
+  gt = rec["motion_1"][: len(pred)]
+  t = np.arange(len(pred)) / 25.0
+  fig, axes = plt.subplots(3, 1, figsize=(10, 7), sharex=True)
+  for ax, (label, col) in zip(axes, (("jaw opening (pose[3])", 50), ("neck pitch (pose[0])", 53), ("exp[0]", 0))):
+    ax.plot(t, gt[:, col], label="ground truth", color="0.3")
+    ax.plot(t, pred[:, col], label="prediction", color="tab:red")
+    ax.set_ylabel(label)
+  axes[0].legend(loc="upper right")
+  axes[0].set_title(f"{clip['name']} speaker1 (held out)")
+  axes[-1].set_xlabel("seconds")
+  fig.tight_layout()
+  tmp = path + ".tmp.png"
+  fig.savefig(tmp, dpi=100)
+  plt.close(fig)
+  os.replace(tmp, path)
+  return True
