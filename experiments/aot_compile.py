@@ -31,11 +31,14 @@ flags.mark_flags_as_required(["config"])
 
 
 def _table(config) -> None:
+  import jax
+
   from dualtalk_jax import aot
 
   c = config
-  head = (f"Train step of `{' '.join(sys.argv[1:])}` compiled ahead of time by `experiments.aot_compile` "
-          f"(jax {__import__('jax').__version__}, libtpu): model `{c.model}`, global batch {c.batch_size} x "
+  args = " ".join(a for a in sys.argv[1:] if not a.startswith("--table"))
+  head = (f"Train step of `python -m experiments.aot_compile {args}` compiled ahead of time "
+          f"(jax {jax.__version__}, libtpu): model `{c.model}`, global batch {c.batch_size} x "
           f"{c.data.window_frames} frames, grad_accum {c.grad_accum}, mesh data={c.mesh.data} fsdp={c.mesh.fsdp}. "
           "Memory is per chip, from XLA's memory analysis (arguments + outputs - donated + temporaries + code); "
           "TFLOP/step is XLA's cost analysis summed over chips; compile is wall time on a 2-core CPU host.\n\n")

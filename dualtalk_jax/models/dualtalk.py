@@ -46,10 +46,11 @@ def frame_mask(num_frames, max_frames: int):
 class JointEncoder(nnx.Module):
   """`joint_encoder`: DualSpeakerJointEncoder."""
 
-  def __init__(self, cfg: DualTalkConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32):
+  def __init__(self, cfg: DualTalkConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32,
+               remat: str = ""):
     kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
-    self.audio_encoder1 = Wav2Vec2Model(cfg.wav2vec2, **kw)
-    self.audio_encoder2 = Wav2Vec2Model(cfg.wav2vec2, **kw)
+    self.audio_encoder1 = Wav2Vec2Model(cfg.wav2vec2, remat=remat, **kw)
+    self.audio_encoder2 = Wav2Vec2Model(cfg.wav2vec2, remat=remat, **kw)
     self.audio_projection = layers.torch_linear(cfg.wav2vec2.hidden_size, cfg.feature_dim, **kw)
     self.blendshape_encoder = nnx.Sequential(
         layers.torch_linear(cfg.motion_dim, cfg.blendshape_hidden, **kw),
@@ -85,12 +86,14 @@ class TemporalEnhancer(nnx.Module):
 class InteractionModule(nnx.Module):
   """`interaction_module`: DualSpeakerInteractionModule."""
 
-  def __init__(self, cfg: DualTalkConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32):
+  def __init__(self, cfg: DualTalkConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32,
+               remat: str = ""):
     kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
     d = cfg.model_dim
     self.interaction_encoder = layers.TransformerEncoder(
         cfg.interaction_layers,
         lambda: layers.TransformerEncoderLayer(d, cfg.interaction_heads, cfg.interaction_ff, cfg.interaction_dropout, **kw),
+        remat,
     )
     self.self_attention = layers.MultiheadAttention(d, cfg.interaction_heads, **kw)
     self.dropout = nnx.Dropout(cfg.self_attention_dropout, rngs=rngs)
@@ -103,13 +106,15 @@ class InteractionModule(nnx.Module):
 class SynthesisModule(nnx.Module):
   """`synthesis_module`: ExpressiveSynthesisModule."""
 
-  def __init__(self, cfg: DualTalkConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32):
+  def __init__(self, cfg: DualTalkConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32,
+               remat: str = ""):
     kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
     d = cfg.model_dim
     self.modulation_scale = cfg.modulation_scale
     self.synthesis_decoder = layers.TransformerDecoder(
         cfg.synthesis_layers,
         lambda: layers.TransformerDecoderLayer(d, cfg.interaction_heads, cfg.interaction_ff, cfg.interaction_dropout, **kw),
+        remat,
     )
     self.modulation_layer = layers.torch_linear(d, d, **kw)
     self.blendshape_predictor = layers.torch_linear(d, cfg.motion_dim, **kw)
@@ -123,13 +128,18 @@ class SynthesisModule(nnx.Module):
 class DualTalk(nnx.Module):
   """The full model: (audio_self, audio_other, motion_other) -> target motion (B, T, 56)."""
 
-  def __init__(self, cfg: DualTalkConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32):
+  def __init__(self, cfg: DualTalkConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32,
+               remat: str = ""):
+    """`remat` ("" = off): a `jax.checkpoint_policies` name (e.g. "nothing_saveable",
+    "dots_saveable") applied to every wav2vec2 encoder layer and interaction/synthesis
+    transformer layer; params and numerics are the same, activation memory is traded for
+    recomputation in the backward pass."""
     self.config = cfg
     kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
-    self.joint_encoder = JointEncoder(cfg, **kw)
+    self.joint_encoder = JointEncoder(cfg, remat=remat, **kw)
     self.temporal_enhancer = TemporalEnhancer(cfg, **kw)
-    self.interaction_module = InteractionModule(cfg, **kw)
-    self.synthesis_module = SynthesisModule(cfg, **kw)
+    self.interaction_module = InteractionModule(cfg, remat=remat, **kw)
+    self.synthesis_module = SynthesisModule(cfg, remat=remat, **kw)
 
   def __call__(
       self,

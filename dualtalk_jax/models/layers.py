@@ -22,6 +22,26 @@ from flax import nnx
 
 _NEG_INF = -1e30  # large finite negative: masked keys, safe under bf16/f32 softmax
 
+# `remat` names accepted by the layer stacks: policies of `jax.checkpoint_policies` that
+# are policies themselves (not factories taking names). "" = no rematerialisation.
+REMAT_POLICIES = ("nothing_saveable", "everything_saveable", "dots_saveable", "checkpoint_dots",
+                  "dots_with_no_batch_dims_saveable", "checkpoint_dots_with_no_batch_dims")
+
+
+def check_remat(remat: str) -> str:
+  if remat and remat not in REMAT_POLICIES:
+    raise ValueError(f"unknown remat policy {remat!r}; use '' (off) or one of {REMAT_POLICIES}")
+  return remat
+
+
+def call_layer(layer, remat: str, *args):
+  """`layer(*args)`, under `nnx.remat` with the named `jax.checkpoint_policies` policy when
+  `remat` is set (activations inside the layer are recomputed in the backward pass)."""
+  if not remat:
+    return layer(*args)
+  policy = getattr(jax.checkpoint_policies, remat)
+  return nnx.remat(lambda m, *a: m(*a), policy=policy)(layer, *args)
+
 
 def _uniform(bound: float):
   def init(key, shape, dtype=jnp.float32):
@@ -159,25 +179,27 @@ class TransformerDecoderLayer(nnx.Module):
 class TransformerEncoder(nnx.Module):
   """`torch.nn.TransformerEncoder` without a final norm: `layers` applied in order."""
 
-  def __init__(self, num_layers: int, make_layer):
+  def __init__(self, num_layers: int, make_layer, remat: str = ""):
     self.layers = nnx.List([make_layer() for _ in range(num_layers)])
+    self.remat = check_remat(remat)  # "" or a jax.checkpoint_policies name, per layer
 
   def __call__(self, x, mask=None):
     for layer in self.layers:
-      x = layer(x, mask)
+      x = call_layer(layer, self.remat, x, mask)
     return x
 
 
 class TransformerDecoder(nnx.Module):
   """`torch.nn.TransformerDecoder` without a final norm."""
 
-  def __init__(self, num_layers: int, make_layer):
+  def __init__(self, num_layers: int, make_layer, remat: str = ""):
     self.layers = nnx.List([make_layer() for _ in range(num_layers)])
+    self.remat = check_remat(remat)  # "" or a jax.checkpoint_policies name, per layer
 
   def __call__(self, tgt, memory, tgt_mask=None, memory_mask=None):
     x = tgt
     for layer in self.layers:
-      x = layer(x, memory, tgt_mask, memory_mask)
+      x = call_layer(layer, self.remat, x, memory, tgt_mask, memory_mask)
     return x
 
 

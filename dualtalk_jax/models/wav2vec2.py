@@ -59,6 +59,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dualtalk_jax.config import Wav2Vec2Config
+from dualtalk_jax.models.layers import call_layer, check_remat
 
 Array = jax.Array
 
@@ -423,10 +424,11 @@ class Wav2Vec2Encoder(nnx.Module):
   """
 
   def __init__(self, config: Wav2Vec2Config, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32,
-               precision=None):
+               precision=None, remat: str = ""):
     self.stable = config.do_stable_layer_norm
     self.layerdrop = float(config.layerdrop)
     self.deterministic = False
+    self.remat = check_remat(remat)  # "" or a jax.checkpoint_policies name, per layer
     kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype, precision=precision)
     self.pos_conv_embed = Wav2Vec2PositionalConvEmbedding(config, **kw)
     self.layer_norm = nnx.LayerNorm(config.hidden_size, epsilon=config.layer_norm_eps, use_fast_variance=False,
@@ -452,9 +454,10 @@ class Wav2Vec2Encoder(nnx.Module):
     for layer in self.layers:
       if use_layerdrop:
         skip = jax.random.uniform(self.rngs()) < self.layerdrop  # one draw per layer, as HF
-        x = nnx.cond(skip, lambda layer, x, m: x, lambda layer, x, m: layer(x, m), layer, x, frame_mask)
+        x = nnx.cond(skip, lambda layer, x, m: x, lambda layer, x, m: call_layer(layer, self.remat, x, m), layer, x,
+                     frame_mask)
       else:
-        x = layer(x, frame_mask)
+        x = call_layer(layer, self.remat, x, frame_mask)
     if self.stable:
       x = self.layer_norm(x)
     return x
@@ -480,9 +483,10 @@ class Wav2Vec2Model(nnx.Module):
   """
 
   def __init__(self, config: Wav2Vec2Config, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32,
-               precision=None, freeze_feature_encoder: bool = True):
+               precision=None, freeze_feature_encoder: bool = True, remat: str = ""):
     """`dtype` is the compute dtype (norm statistics and softmax stay float32); `precision`
-    is passed to every matmul/conv (e.g. `jax.lax.Precision.HIGHEST` for f32 parity on GPU)."""
+    is passed to every matmul/conv (e.g. `jax.lax.Precision.HIGHEST` for f32 parity on GPU);
+    `remat` ("" = off) a `jax.checkpoint_policies` name for each encoder layer."""
     self.config = config
     self.dtype = dtype
     self.deterministic = False
@@ -491,7 +495,7 @@ class Wav2Vec2Model(nnx.Module):
     self.feature_extractor = Wav2Vec2FeatureEncoder(config, **kw)
     self.feature_projection = Wav2Vec2FeatureProjection(config, **kw)
     self.masked_spec_embed = nnx.Param(jax.random.uniform(_params_key(rngs), (config.hidden_size,), param_dtype))
-    self.encoder = Wav2Vec2Encoder(config, **kw)
+    self.encoder = Wav2Vec2Encoder(config, remat=remat, **kw)
     self.rngs = rngs["dropout"].fork()  # SpecAugment draws
 
   def set_view(self, deterministic: bool | None = None):

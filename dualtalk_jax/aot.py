@@ -1,0 +1,250 @@
+"""Ahead-of-time compilation of the training and prediction steps for TPU topologies.
+
+With `libtpu` installed (`requirements-tpu.txt`), JAX describes a TPU slice it cannot
+see (`jax.experimental.topologies.get_topology_desc`) and compiles for it on a CPU-only
+host. Here the mesh is `sharding.make_mesh` over those devices, the state and batch are
+`jax.ShapeDtypeStruct`s carrying the shardings training uses, and the steps are
+`step.make_train_step` / `step.make_eval_step`, the ones `experiments.train` runs; nothing
+is allocated. XLA's memory analysis of the compiled step gives bytes per chip
+(arguments, outputs, temporaries) and its cost analysis the FLOPs per chip and step.
+
+Numbers are the compiler's: "total" = arguments + outputs - aliased (donated) +
+temporaries + generated code, per chip, against the chip's HBM. libtpu itself keeps a
+little of the HBM, so a step within a few hundred MiB of the limit may still not fit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from dualtalk_jax import sharding
+from dualtalk_jax.train import step as step_lib
+
+GiB = 1024**3
+
+# Peak dense bf16 FLOP/s per chip by `device_kind` substring (f32 matmuls on TPU run at
+# the same rate, on GPUs at the TF32 rate, about half). First match wins.
+PEAK_FLOPS = {
+    "H200": 989e12, "H100": 989e12, "A100": 312e12, "TPU v4": 275e12, "TPU v5 lite": 197e12,
+    "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v5": 459e12, "TPU v6": 918e12,
+}
+
+
+def peak_flops(device) -> float | None:
+  kind = getattr(device, "device_kind", "")
+  for name, flops in PEAK_FLOPS.items():
+    if name.lower() in kind.lower():
+      return flops
+  return None
+
+
+@dataclasses.dataclass(frozen=True)
+class TpuChip:
+  hbm_bytes: int
+  chip_config: str  # libtpu chip config: "megacore" = one JAX device per chip (v4, v5p)
+  slice_name: str  # the Cloud TPU slice name prefix: v4-32 counts TensorCores (2 per chip)
+  cores_per_chip: int
+
+
+# HBM per chip; topology names are libtpu's: 'v5e:4x4' (16 chips), 'v4:2x2x4', 'v5p:2x2x4'.
+TPU_CHIPS = {
+    "v4": TpuChip(32 * GiB, "megacore", "v4", 2),
+    "v5e": TpuChip(16 * GiB, "default", "v5litepod", 1),
+    "v5p": TpuChip(95 * GiB, "megacore", "v5p", 2),
+    "v6e": TpuChip(32 * GiB, "default", "v6e", 1),
+}
+
+
+def chip_of(topology_name: str) -> TpuChip:
+  kind = topology_name.split(":")[0]
+  if kind not in TPU_CHIPS:
+    raise ValueError(f"unknown TPU generation {kind!r} in {topology_name!r}; known: {sorted(TPU_CHIPS)}")
+  return TPU_CHIPS[kind]
+
+
+def slice_name(topology_name: str, num_devices: int) -> str:
+  """'v5e:4x4' -> 'v5litepod-16', 'v4:2x2x4' -> 'v4-32' (Cloud TPU names)."""
+  chip = chip_of(topology_name)
+  return f"{chip.slice_name}-{num_devices * chip.cores_per_chip}"
+
+
+def libtpu_available() -> bool:
+  try:
+    import libtpu  # noqa: F401
+  except ImportError:
+    return False
+  return True
+
+
+def get_topology(topology_name: str, *, num_slices: int = 1, chips_per_host_bounds: Sequence[int] = (2, 2, 1)):
+  """The devices of a TPU slice described by libtpu (no TPU needed). Requires libtpu."""
+  if not libtpu_available():
+    raise RuntimeError("libtpu is not installed: pip install -r requirements-tpu.txt")
+  # libtpu takes a per-machine lockfile; a compile-only client needs no exclusive access.
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  from jax.experimental import topologies
+
+  return topologies.get_topology_desc(platform="tpu", topology_name=topology_name,
+                                      chip_config_name=chip_of(topology_name).chip_config,
+                                      chips_per_host_bounds=tuple(chips_per_host_bounds), num_slices=num_slices)
+
+
+def abstract_batch(mesh, batch_size: int, window_frames: int) -> dict[str, jax.ShapeDtypeStruct]:
+  """The training batch (`data.pipeline` keys, shapes and dtypes) as sharded shapes."""
+  a, f = window_frames * 640, window_frames
+  shapes = {"audio_self": ((batch_size, a), jnp.float32), "audio_other": ((batch_size, a), jnp.float32),
+            "motion_self": ((batch_size, f, 56), jnp.float32), "motion_other": ((batch_size, f, 56), jnp.float32),
+            "audio_self_lengths": ((batch_size,), jnp.int32), "audio_other_lengths": ((batch_size,), jnp.int32),
+            "motion_other_lengths": ((batch_size,), jnp.int32), "num_frames": ((batch_size,), jnp.int32)}
+  assert set(shapes) == set(step_lib.BATCH_NDIM)
+  return {k: jax.ShapeDtypeStruct(s, d, sharding=sharding.batch_sharding(mesh, len(s))) for k, (s, d) in shapes.items()}
+
+
+@dataclasses.dataclass
+class StepReport:
+  """Per-chip memory (bytes) and FLOPs of one compiled step."""
+
+  name: str
+  argument: int
+  output: int
+  alias: int
+  temp: int
+  code: int
+  flops: float  # per chip and step (XLA cost analysis of the partitioned module)
+  compile_s: float
+
+  @property
+  def total(self) -> int:
+    return self.argument + self.output - self.alias + self.temp + self.code
+
+
+def _report(name: str, compiled, compile_s: float) -> StepReport:
+  mem = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return StepReport(name, int(mem.argument_size_in_bytes), int(mem.output_size_in_bytes), int(mem.alias_size_in_bytes),
+                    int(mem.temp_size_in_bytes), int(mem.generated_code_size_in_bytes),
+                    float((cost or {}).get("flops", 0.0)), compile_s)
+
+
+@dataclasses.dataclass
+class Result:
+  topology: str
+  slice: str
+  num_chips: int
+  device_kind: str
+  hbm_bytes: int
+  peak_flops: float | None
+  mesh_shape: dict[str, int]
+  compute_dtype: str
+  remat: str
+  batch_size: int
+  window_frames: int
+  efficiency: float
+  steps: list[StepReport]
+
+  @property
+  def train(self) -> StepReport:
+    return self.steps[0]
+
+  def fits(self, step: StepReport | None = None) -> bool:
+    return (step or self.train).total <= self.hbm_bytes
+
+  def step_time_s(self, step: StepReport | None = None) -> float | None:
+    """Seconds per step if each chip ran its FLOPs at `efficiency` of its peak."""
+    if not self.peak_flops:
+      return None
+    return (step or self.train).flops / (self.peak_flops * self.efficiency)
+
+
+def build(config: ml_collections.ConfigDict, devices) -> tuple[Any, ...]:
+  """Mesh, model, optimizer, train/eval steps and abstract arguments, as `loop.train_and_evaluate` builds them."""
+  from dualtalk_jax.train import loop
+
+  cfg = loop.model_config(config)
+  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, devices)
+  if config.batch_size % config.grad_accum or (config.batch_size // config.grad_accum) % mesh.size:
+    raise ValueError(f"batch_size {config.batch_size} must split over grad_accum {config.grad_accum} and "
+                     f"{mesh.size} devices")
+  model_def = step_lib.ModelDef(cfg, dtype=loop.compute_dtype(config), remat=config.get("remat", ""))
+  tx = step_lib.make_optimizer(loop.optim_config(config), model_def.abstract_params)
+  abstract_state = jax.eval_shape(lambda p: {"step": jnp.zeros((), jnp.int32), "params": p, "opt_state": tx.init(p)},
+                                  model_def.abstract_params)
+  shardings = step_lib.state_shardings(abstract_state, mesh)
+  state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings)
+  train_step = step_lib.make_train_step(model_def, tx, seed=config.seed, grad_accum=config.grad_accum, mesh=mesh,
+                                        state_shardings=shardings)
+  eval_step = step_lib.make_eval_step(model_def, mesh=mesh, param_shardings=shardings["params"])
+  batch = abstract_batch(mesh, config.batch_size, config.data.window_frames)
+  return mesh, train_step, eval_step, state, batch
+
+
+def compile_steps(config: ml_collections.ConfigDict, topology_name: str, *, efficiency: float = 0.5,
+                  predict: bool = True, num_slices: int = 1, log=print) -> Result:
+  """Lowers and compiles the train (and prediction) step of `config` for a TPU topology."""
+  jax.config.update("jax_threefry_partitionable", True)
+  topo = get_topology(topology_name, num_slices=num_slices)
+  devices = topo.devices
+  mesh, train_step, eval_step, state, batch = build(config, devices)
+  log(f"{topology_name}: {len(devices)} x {devices[0].device_kind}, mesh {dict(mesh.shape)}, "
+      f"{config.compute_dtype}, remat={config.get('remat', '') or 'off'}: compiling the train step")
+  t = time.time()
+  compiled = train_step.lower(state, batch).compile()
+  steps = [_report("train", compiled, time.time() - t)]
+  log(f"  train step compiled in {steps[0].compile_s:.0f} s")
+  if predict:
+    t = time.time()
+    compiled = eval_step.lower(state["params"], batch).compile()
+    steps.append(_report("predict", compiled, time.time() - t))
+    log(f"  prediction step compiled in {steps[1].compile_s:.0f} s")
+  chip = chip_of(topology_name)
+  return Result(topology_name, slice_name(topology_name, len(devices)), len(devices), devices[0].device_kind,
+                chip.hbm_bytes, peak_flops(devices[0]), dict(mesh.shape), config.compute_dtype, config.get("remat", ""),
+                config.batch_size, config.data.window_frames, efficiency, steps)
+
+
+def _gib(n: float) -> str:
+  return f"{n / GiB:.2f} GiB"
+
+
+def format_result(r: Result, model_flops: float | None = None) -> str:
+  """Human-readable per-chip report; `model_flops` (per chip, e.g. the step without remat) sets MFU."""
+  lines = [f"{r.slice} ({r.topology}): {r.num_chips} x {r.device_kind}, {_gib(r.hbm_bytes)} HBM per chip, "
+           f"mesh {r.mesh_shape}",
+           f"global batch {r.batch_size} x {r.window_frames} frames, compute {r.compute_dtype}, "
+           f"remat {r.remat or 'off'}"]
+  for s in r.steps:
+    verdict = "fits" if r.fits(s) else "DOES NOT FIT"
+    lines.append(f"[{s.name} step] per chip: arguments {_gib(s.argument)}, outputs {_gib(s.output)} "
+                 f"(aliased {_gib(s.alias)}), temporaries {_gib(s.temp)}, code {_gib(s.code)}; "
+                 f"total {_gib(s.total)} of {_gib(r.hbm_bytes)} ({100 * s.total / r.hbm_bytes:.0f}%): {verdict}")
+    line = f"[{s.name} step] {s.flops / 1e12:.2f} TFLOP per chip, {s.flops * r.num_chips / 1e12:.1f} TFLOP per step"
+    t = r.step_time_s(s)
+    if t is not None:
+      line += f"; at {100 * r.efficiency:.0f}% of the {r.peak_flops / 1e12:.0f} TFLOP/s peak: {t * 1e3:.0f} ms per step"
+      if s.name == "train":
+        mf = model_flops if model_flops is not None else s.flops
+        line += f", MFU {100 * r.efficiency * mf / s.flops:.0f}%"
+        line += (" (model FLOPs = the step without remat)" if model_flops is not None
+                 else " (counting every compiled FLOP; rematerialised ones included)" if r.remat else "")
+    lines.append(line)
+    lines.append(f"[{s.name} step] compiled in {s.compile_s:.0f} s on this host")
+  return "\n".join(lines)
+
+
+TABLE_HEADER = ("| slice (topology) | HBM/chip | compute | remat | fits | total/chip | args | temps | "
+                "TFLOP/step | compile |\n|---|---|---|---|---|---|---|---|---|---|")
+
+
+def table_row(r: Result) -> str:
+  s = r.train
+  return (f"| {r.slice} (`{r.topology}`) | {r.hbm_bytes / GiB:.0f} GiB | {r.compute_dtype} | {r.remat or 'off'} | "
+          f"{'yes' if r.fits() else '**no**'} | {_gib(s.total)} | {_gib(s.argument)} | {_gib(s.temp)} | "
+          f"{s.flops * r.num_chips / 1e12:.1f} | {s.compile_s:.0f} s |")
