@@ -3,7 +3,13 @@
 Each metric follows /work/shared/spec/metrics.md, quirks included, and runs on CPU, GPU and
 TPU (no host-only linear algebra). A whole split is scored in a few jitted calls: clips are
 padded to a bucketed length `Tmax` and carry their true `lengths`; every kernel masks the
-padding, so a padded file scores exactly like the same file alone.
+padding, and random draws do not depend on the padding, so a padded file scores like the
+same file alone (up to float rounding).
+
+Public API: `evaluate_files` (lists of variable-length arrays), `evaluate_arrays` (padded
+batches), `pad_batch`, `bucket_length`, `cut_to_common`, `score_batch` (the jitted kernel),
+the single-file kernels (`frechet_distance`, `mse`, `sid`, `kmeans_fit`, `sts`, `rpcc`,
+`variance`, `diversity_from_pairs`, `diversity_pairs`) and `diversity_pair_indices`.
 
 Groups: `exp` = cols 0:50, `jaw` = 50:53, `pose` (neck) = 53:56 of the (T, 56) layout.
 
