@@ -1,0 +1,244 @@
+"""The evaluator of `experiments.evaluate` and of training's validation.
+
+Split folders are the dataset's raw format (`<clip>_speaker{1,2}.{wav,npz}`), as the
+released `metric/metric.py` reads them. A prediction `<clip>_speakerK.npy` (T x 56) is
+the target speaker K's motion; it is scored against `<clip>_speakerK.npz` with the other
+speaker's npz as the partner, all three cut to their common length (metrics.md).
+
+- `predict_split`: every clip in both directions with a model, in bucketed batches
+  (`predict.predict_clips`), a chunk of clips in memory at a time; each `.npy` is written
+  under a temporary name and renamed.
+- `score_predictions`: the predictions present in a folder -> the released JSON keys
+  (means over files) and per-file values; `write_results` writes the JSON and a CSV
+  beside it, atomically.
+- `evaluate_batches`: the same metrics (and the released loss) over preprocessed eval
+  batches (`pipeline.make_eval_dataset`) and a jitted predict function: what training's
+  `validate` reports. The model's T comes from each row's audio length, as above.
+
+All metric kernels are the jitted ones of `dualtalk_jax.eval.metrics`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from dualtalk_jax import audio
+from dualtalk_jax.eval import metrics
+from dualtalk_jax.eval.predict import InputError, load_inputs, load_motion, predict_clips
+
+_FILE_RE = re.compile(r"^(?P<clip>.+)_speaker(?P<spk>[12])\.(?P<ext>wav|npz|npy)$")
+
+
+def pred_name(clip: str, target: int) -> str:
+  """File name of the prediction for speaker `target` of `clip`, as the released code names it."""
+  return f"{clip}_speaker{target}.npy"
+
+
+def list_clips(data_dir: str) -> list[str]:
+  """Clip names in a raw split folder (any of its four files present), sorted."""
+  if not os.path.isdir(data_dir):
+    raise InputError(f"{data_dir}: no such data directory")
+  names = {m["clip"] for f in os.listdir(data_dir) if (m := _FILE_RE.match(f)) and m["ext"] != "npy"}
+  if not names:
+    raise InputError(f"{data_dir}: holds no <clip>_speaker{{1,2}}.wav/.npz files")
+  return sorted(names)
+
+
+def _path(data_dir, clip, spk, ext):
+  return os.path.join(data_dir, f"{clip}_speaker{spk}.{ext}")
+
+
+def _require(paths: Iterable[str], what: str) -> None:
+  missing = [p for p in paths if not os.path.exists(p)]
+  if missing:
+    raise InputError(f"{missing[0]}: missing ({what}){f'; and {len(missing) - 1} more' if len(missing) > 1 else ''}")
+
+
+def save_npy(path: str, array: np.ndarray) -> None:
+  """Writes an .npy under a temporary name in the same folder, then renames it."""
+  from dualtalk_jax.data.records import atomic_write
+
+  def write(tmp):
+    with open(tmp, "wb") as f:
+      np.save(f, array)
+
+  atomic_write(path, write)
+
+
+def predict_split(model, data_dir: str, pred_dir: str, *, batch_size: int = 8, bucket_seconds: float = 2.0,
+                  chunk_clips: int = 64, progress: bool = False) -> list[str]:
+  """Predicts every clip of `data_dir` in both directions into `pred_dir`; returns the paths.
+
+  Each direction needs the target's wav and the partner's wav and npz; a missing one is
+  an error naming it (checked for the whole split before any prediction).
+  """
+  clips = list_clips(data_dir)
+  jobs = [(c, k) for c in clips for k in (1, 2)]
+  _require([_path(data_dir, c, s, e) for c in clips for s in (1, 2) for e in ("wav",)] +
+           [_path(data_dir, c, s, "npz") for c in clips for s in (1, 2)], "needed to predict both speakers")
+  os.makedirs(pred_dir, exist_ok=True)
+  written = []
+  chunks = range(0, len(jobs), chunk_clips)
+  if progress:
+    from tqdm import tqdm
+    chunks = tqdm(chunks, desc="predict", unit="chunk")
+  for i in chunks:
+    part = jobs[i:i + chunk_clips]
+    inputs = [load_inputs(_path(data_dir, c, k, "wav"), _path(data_dir, c, 3 - k, "wav"),
+                          _path(data_dir, c, 3 - k, "npz"), name=pred_name(c, k)) for c, k in part]
+    for clip, pred in zip(inputs, predict_clips(model, inputs, batch_size=batch_size, bucket_seconds=bucket_seconds)):
+      path = os.path.join(pred_dir, clip.name)
+      save_npy(path, pred.astype(np.float32))
+      written.append(path)
+  return written
+
+
+def load_prediction(path: str) -> np.ndarray:
+  """A (T, 56) finite prediction from an .npy file; errors name the file."""
+  try:
+    p = np.load(path, allow_pickle=False)
+  except Exception as e:
+    raise InputError(f"{path}: unreadable .npy ({type(e).__name__}: {e})") from None
+  if p.ndim != 2 or p.shape[1] != audio.MOTION_DIM:
+    raise InputError(f"{path}: prediction has shape {p.shape}, expected (T, {audio.MOTION_DIM})")
+  if p.shape[0] < 2:
+    raise InputError(f"{path}: prediction has {p.shape[0]} frames; the metrics need at least 2")
+  if not np.all(np.isfinite(p)):
+    raise InputError(f"{path}: prediction contains NaN or inf")
+  return p.astype(np.float32)
+
+
+def prediction_files(pred_dir: str) -> list[str]:
+  if not os.path.isdir(pred_dir):
+    raise InputError(f"{pred_dir}: no such prediction directory")
+  files = sorted(f for f in os.listdir(pred_dir) if (m := _FILE_RE.match(f)) and m["ext"] == "npy")
+  if not files:
+    raise InputError(f"{pred_dir}: holds no <clip>_speaker{{1,2}}.npy predictions")
+  return files
+
+
+def score_predictions(pred_dir: str, data_dir: str, *, seed: int = 0, files: list[str] | None = None) -> dict[str, Any]:
+  """Scores the predictions in `pred_dir` against `data_dir`.
+
+  Returns {"mean": {released key: float}, "per_file": {key: (F,) array}, "files": [...],
+  "frames": (F,) frames scored per file}.
+  """
+  files = prediction_files(pred_dir) if files is None else files
+  preds, gts, others = [], [], []
+  for f in files:
+    m = _FILE_RE.match(f)
+    clip, k = m["clip"], int(m["spk"])
+    gt_path, other_path = _path(data_dir, clip, k, "npz"), _path(data_dir, clip, 3 - k, "npz")
+    _require([gt_path], f"ground truth for {f}")
+    _require([other_path], f"partner motion for {f}")
+    preds.append(load_prediction(os.path.join(pred_dir, f)))
+    gts.append(load_motion(gt_path))
+    others.append(load_motion(other_path))
+    if min(len(preds[-1]), len(gts[-1]), len(others[-1])) < 2:
+      raise InputError(f"{gt_path}: fewer than 2 frames in common with {f} and the partner motion")
+  res = metrics.evaluate_files(preds, gts, others, seed=seed)
+  res["files"] = [os.path.splitext(f)[0] for f in files]
+  res["frames"] = np.array([min(len(p), len(g), len(o)) for p, g, o in zip(preds, gts, others)])
+  return res
+
+
+def write_results(output: str, result: dict[str, Any]) -> tuple[str, str]:
+  """`output` (JSON: the released keys, means over files) and `<output stem>_per_file.csv`."""
+  from dualtalk_jax.data.records import atomic_write, write_json
+
+  parent = os.path.dirname(os.path.abspath(output))
+  if not os.path.isdir(parent):
+    raise InputError(f"{parent}: output folder does not exist")
+  write_json(output, {k: result["mean"][k] for k in metrics.METRIC_KEYS})
+  csv_path = os.path.splitext(output)[0] + "_per_file.csv"
+
+  def write(tmp):
+    with open(tmp, "w", newline="") as f:
+      w = csv.writer(f)
+      w.writerow(["file", "frames", *metrics.METRIC_KEYS])
+      for i, name in enumerate(result["files"]):
+        w.writerow([name, int(result["frames"][i]), *(repr(float(result["per_file"][k][i])) for k in metrics.METRIC_KEYS)])
+
+  atomic_write(csv_path, write)
+  return output, csv_path
+
+
+def read_results(output: str) -> dict[str, float]:
+  with open(output) as f:
+    return json.load(f)
+
+
+# ----------------------------------------------------------------------------- in training
+
+def model_frames(batch: dict) -> np.ndarray:
+  """Each row's model output frames, from its audio length (float64 formula), within the padding."""
+  t = audio.num_frames_array(batch["audio_self_lengths"])
+  return np.minimum(t, batch["motion_self"].shape[1]).astype(np.int32)
+
+
+def evaluate_batches(predict_fn: Callable[[dict], Any], batches: Iterable[dict], *, seed: int = 0,
+                     scores: bool = True, prefix: str = "val_") -> dict[str, float]:
+  """Released loss and paper metrics over eval batches (`pipeline.make_eval_dataset` layout).
+
+  `predict_fn(batch)` -> (B, Tpad, 56) predictions; the batch's `num_frames` is set to the
+  model's own T per row before the call. Rows with `valid == 0` are skipped. The loss is
+  frame-weighted over min(T_pred, T_gt) per row, as `validate` always reported it;
+  metrics are means over files. Across processes (multi-host) the sums are combined, so
+  every process returns the same numbers. Returns `{prefix}loss`, `{prefix}loss_<part>`
+  and, with `scores`, `{prefix}<released key>`.
+  """
+  from dualtalk_jax.train.loss import dualtalk_loss
+
+  totals: dict[str, float] = {}
+  weight = 0.0
+  triples = []
+  for batch in batches:
+    batch = dict(batch)
+    gt_frames = np.asarray(batch["num_frames"])
+    batch["num_frames"] = model_frames(batch)
+    pred = np.asarray(predict_fn(batch))
+    for i in np.flatnonzero(batch["valid"]):
+      n = int(min(batch["num_frames"][i], gt_frames[i]))
+      p, g = pred[i, :batch["num_frames"][i]], batch["motion_self"][i, :gt_frames[i]]
+      _, parts = dualtalk_loss(p[None, :n], g[None, :n])
+      for k, v in parts.items():
+        totals[k] = totals.get(k, 0.0) + float(v) * n
+      weight += n
+      if scores:
+        triples.append((p, g, batch["motion_other"][i, :batch["motion_other_lengths"][i]]))
+  zero = np.zeros((1, 2, audio.MOTION_DIM), np.float32)
+  part_names = sorted(dualtalk_loss(zero, zero)[1])  # fixed, so every process sends the same size
+  per_file = None
+  if scores and triples:
+    usable = [t for t in triples if min(map(len, t)) >= 2]
+    if usable:
+      per_file = metrics.evaluate_files(*zip(*usable), seed=seed)["per_file"]
+  sums = np.array([totals.get(k, 0.0) for k in part_names] + [weight] +
+                  ([float(np.sum(per_file[k])) for k in metrics.METRIC_KEYS] + [len(per_file[metrics.METRIC_KEYS[0]])]
+                   if per_file is not None else [0.0] * (len(metrics.METRIC_KEYS) + 1)))
+  sums = _sum_over_processes(sums)
+  if sums[len(part_names)] == 0:
+    return {}
+  weight = sums[len(part_names)]
+  out = {f"{prefix}loss_{k}": float(sums[j] / weight) for j, k in enumerate(part_names)}
+  out[f"{prefix}loss"] = float(sum(out.values()))
+  metric_sums, count = sums[len(part_names) + 1:-1], sums[-1]
+  if scores and count > 0:
+    out.update({f"{prefix}{k}": float(v / count) for k, v in zip(metrics.METRIC_KEYS, metric_sums)})
+  return out
+
+
+def _sum_over_processes(sums: np.ndarray):
+  import jax
+
+  if jax.process_count() == 1:
+    return sums
+  from jax.experimental import multihost_utils
+
+  return np.asarray(multihost_utils.process_allgather(sums)).sum(0)

@@ -1,0 +1,246 @@
+"""Prediction for evaluation and inference: checkpoint loading, bucketed batches, windows.
+
+- `load_model`: an orbax checkpoint directory, a training workdir (its latest step) or a
+  released-layout torch file (`DualTalk.pth`, with a named config) -> `DualTalk` in eval mode.
+- `predict_clips`: many clips of different lengths in padded batches. Audio is padded to
+  a multiple of `bucket_seconds` (and motion to the same number of frames), the batch to
+  a fixed `batch_size`, so a whole split compiles once per bucket, not once per clip; each
+  row keeps its true lengths, and the model masks the padding, so a clip's prediction is
+  the one it gets alone.
+- `predict_windowed`: one input of any length in overlapping windows of fixed size, so
+  memory does not grow with the input. Window k covers frames [s_k, s_k + W) and samples
+  [s_k * 640, (s_k + W) * 640) of both tracks (normalised over the whole clip, as a single
+  pass would be), with the partner motion of the same frames; it is run with
+  `num_frames = W` so frames stay exactly aligned. Neighbouring windows overlap by at
+  least `overlap_seconds` and are crossfaded linearly across their whole overlap; the
+  output has exactly the whole-clip T = `audio.num_frames(len(audio_self))` frames.
+
+  How close windows come to one whole-clip pass depends on the model: the released
+  model's attentions have no positional terms and see the whole input (the partner's
+  whole motion in the cross-attention), so every frame carries some whole-clip context
+  that a window replaces by its own; and a whole-clip pass maps frame f to conv frame
+  f * (C - 1) / (T - 1) (linear resampling), which drifts from the frame-exact 2f of a
+  window by up to about one conv frame (20 ms) unless len(audio_self) % 640 is in
+  [400, 640), where the two grids coincide.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Sequence
+
+import numpy as np
+
+from dualtalk_jax import audio
+
+HOP = audio.SAMPLES_PER_FRAME
+
+
+@dataclasses.dataclass
+class Clip:
+  """One prediction: normalised 16 kHz audio of the target and partner, the partner's motion."""
+
+  audio_self: np.ndarray
+  audio_other: np.ndarray
+  motion_other: np.ndarray
+  name: str = ""
+
+  @property
+  def num_frames(self) -> int:
+    """Output frames, from the target's audio (float64 formula of the released code)."""
+    return audio.num_frames(len(self.audio_self))
+
+
+class InputError(ValueError):
+  """An input file that cannot be used; the message names the file and the problem."""
+
+
+def load_model(checkpoint_path: str, *, config: str = "large", wav2vec2_config: str | None = None):
+  """`DualTalk` in eval mode from an orbax checkpoint dir / workdir, or a torch file + config name."""
+  from dualtalk_jax import checkpoint
+  from dualtalk_jax.config import get_model_config
+  from dualtalk_jax.convert import pytorch
+  from dualtalk_jax.models.dualtalk import DualTalk, make_rngs
+
+  path = os.fspath(checkpoint_path)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path}: no such checkpoint (an orbax checkpoint directory, a workdir or a .pth file)")
+  if pytorch.is_torch_file(path):
+    cfg = get_model_config(config, wav2vec2_config)
+    params = pytorch.state_dict_to_params(pytorch.read_torch_file(path), cfg, source=path)
+  else:
+    params, cfg, _ = checkpoint.restore_params(path)
+  model = DualTalk(cfg, rngs=make_rngs(0))
+  checkpoint.load_params_into(model, params)
+  model.eval()
+  return model
+
+
+def load_inputs(audio_self: str, audio_other: str, motion_other: str, name: str = "") -> Clip:
+  """Reads and checks one prediction's three files (errors name the file)."""
+  a = _load_track(audio_self)
+  b = _load_track(audio_other)
+  m = load_motion(motion_other)
+  return Clip(a, b, m, name or os.path.basename(audio_self))
+
+
+def _load_track(path: str) -> np.ndarray:
+  x = audio.load_audio(path)
+  if len(x) < HOP:
+    raise audio.AudioError(f"{path}: audio is {len(x)} samples, shorter than one frame ({HOP} samples at 16 kHz)",
+                           "empty")
+  return audio.normalize(x)
+
+
+def load_motion(path: str) -> np.ndarray:
+  """(T, 56) motion from a FLAME npz; errors name the file."""
+  if not os.path.exists(path):
+    raise InputError(f"{path}: no such motion file")
+  try:
+    with np.load(path) as z:
+      npz = {k: z[k] for k in z.files}
+  except Exception as e:
+    raise InputError(f"{path}: unreadable npz ({type(e).__name__}: {e})") from None
+  try:
+    return audio.motion_from_flame(npz)
+  except audio.MotionError as e:
+    raise InputError(f"{path}: {e}") from None
+
+
+def bucket(n: int, multiple: int) -> int:
+  return max(1, -(-int(n) // multiple)) * multiple
+
+
+def _pad_rows(rows: Sequence[np.ndarray], width: int, batch: int) -> np.ndarray:
+  out = np.zeros((batch, width) + rows[0].shape[1:], np.float32)
+  for i, r in enumerate(rows):
+    out[i, :len(r)] = r
+  return out
+
+
+def predict_padded(model, clips: Sequence[Clip], *, batch_size: int | None = None, bucket_seconds: float = 2.0,
+                   num_frames: Sequence[int] | None = None) -> list[np.ndarray]:
+  """One padded batch: audio to a multiple of `bucket_seconds`, rows to `batch_size`.
+
+  Padding rows repeat the first clip (their outputs are dropped). `num_frames` overrides
+  each clip's output length (windows). Returns each clip's (T_i, 56) prediction.
+  """
+  from dualtalk_jax.models.dualtalk import predict
+
+  b = batch_size or len(clips)
+  if not 0 < len(clips) <= b:
+    raise ValueError(f"{len(clips)} clips for a batch of {b}")
+  step = max(HOP, int(round(bucket_seconds * audio.SAMPLE_RATE / HOP)) * HOP)
+  frames = np.array([c.num_frames for c in clips] if num_frames is None else num_frames, np.int32)
+  s_pad = bucket(max(max(len(c.audio_self), len(c.audio_other)) for c in clips), step)
+  n_pad = bucket(max(len(c.motion_other) for c in clips), step // HOP)
+  max_frames = max(audio.num_frames(s_pad), int(frames.max()))
+  rows = list(clips) + [clips[0]] * (b - len(clips))
+  frames = np.concatenate([frames, np.repeat(frames[:1], b - len(clips))])
+  lens = lambda key: np.array([len(getattr(c, key)) for c in rows], np.int32)
+  out = predict(
+      model, _pad_rows([c.audio_self for c in rows], s_pad, b), _pad_rows([c.audio_other for c in rows], s_pad, b),
+      _pad_rows([c.motion_other for c in rows], n_pad, b), audio_self_lengths=lens("audio_self"),
+      audio_other_lengths=lens("audio_other"), motion_other_lengths=lens("motion_other"), num_frames=frames,
+      max_frames=max_frames)
+  out = np.asarray(out)
+  return [out[i, :frames[i]] for i in range(len(clips))]
+
+
+def predict_clips(model, clips: Sequence[Clip], *, batch_size: int = 8, bucket_seconds: float = 2.0,
+                  progress: bool = False) -> list[np.ndarray]:
+  """Predictions for clips of any lengths, in input order.
+
+  Clips are sorted by padded length and batched within a bucket, so each batch compiles
+  once per (bucket) shape and padding stays under `bucket_seconds` per clip.
+  """
+  if not clips:
+    return []
+  step = max(HOP, int(round(bucket_seconds * audio.SAMPLE_RATE / HOP)) * HOP)
+  key = lambda i: bucket(max(len(clips[i].audio_self), len(clips[i].audio_other)), step)
+  order = sorted(range(len(clips)), key=lambda i: (key(i), i))
+  groups: list[list[int]] = []
+  for i in order:
+    if groups and key(groups[-1][0]) == key(i) and len(groups[-1]) < batch_size:
+      groups[-1].append(i)
+    else:
+      groups.append([i])
+  it = groups
+  if progress:
+    from tqdm import tqdm
+    it = tqdm(groups, desc="predict", unit="batch")
+  out: list[np.ndarray | None] = [None] * len(clips)
+  for g in it:
+    for i, p in zip(g, predict_padded(model, [clips[i] for i in g], batch_size=batch_size,
+                                      bucket_seconds=bucket_seconds)):
+      out[i] = p
+  return out  # type: ignore[return-value]
+
+
+def window_starts(total: int, window: int, overlap: int) -> list[int]:
+  """Start frames of windows of `window` frames covering [0, total), neighbours overlapping
+  by at least `overlap`, spread evenly (the last one ends at `total`)."""
+  if total <= window:
+    return [0]
+  n = -(-(total - overlap) // (window - overlap))
+  n = max(n, 2)
+  return [int(round(k * (total - window) / (n - 1))) for k in range(n)]
+
+
+def crossfade_weights(starts: Sequence[int], window: int) -> np.ndarray:
+  """(K, window) weights: linear ramps across each overlap with a neighbour, so two
+  overlapping windows' weights sum to 1 frame by frame (normalised where more overlap)."""
+  w = np.ones((len(starts), window), np.float64)
+  f = np.arange(window) + 0.5
+  for k, s in enumerate(starts):
+    if k > 0:
+      r = starts[k - 1] + window - s
+      if r > 0:
+        w[k] = np.minimum(w[k], f / r)
+    if k + 1 < len(starts):
+      r = s + window - starts[k + 1]
+      if r > 0:
+        w[k] = np.minimum(w[k], (window - f) / r)
+  return w
+
+
+def predict_windowed(model, clip: Clip, *, window_seconds: float = 20.0, overlap_seconds: float = 2.0,
+                     batch_size: int = 1, runner=None) -> np.ndarray:
+  """(T, 56) prediction of one clip of any length, T = the whole-clip frame count.
+
+  `window_seconds <= 0`, or a clip no longer than one window, is one pass over the whole
+  clip (the released behaviour). Otherwise windows of `window_seconds` overlapping by at
+  least `overlap_seconds` (see module docstring), `batch_size` windows per call: one
+  compile, and memory bounded by the window size whatever the input length. `runner`
+  (clips, num_frames) -> predictions replaces the model call (tests, other backends).
+  """
+  if runner is None:
+    runner = lambda cs, nf: predict_padded(model, cs, batch_size=batch_size if nf else 1,
+                                           bucket_seconds=window_seconds if nf else 2.0, num_frames=nf)
+  t = clip.num_frames
+  w = int(round(window_seconds * audio.FPS))
+  if window_seconds <= 0 or t <= w:
+    return runner([clip], None)[0]
+  o = int(round(overlap_seconds * audio.FPS))
+  if not 0 <= o <= w // 2:
+    raise ValueError(f"overlap_seconds must be in [0, window_seconds / 2], got {overlap_seconds} for {window_seconds}")
+  starts = window_starts(t, w, o)
+  weights = crossfade_weights(starts, w)
+  n = len(clip.motion_other)
+  wins = []
+  for s in starts:
+    a = clip.audio_self[s * HOP:(s + w) * HOP]
+    b = clip.audio_other[s * HOP:(s + w) * HOP]
+    if len(b) < len(a):  # the partner's track ended earlier: silence (0 after normalisation)
+      b = np.concatenate([b, np.zeros(len(a) - len(b), np.float32)])
+    m0 = min(s, n - 1)  # at least one partner frame, the last one if its motion ended
+    wins.append(Clip(a, b, clip.motion_other[m0:max(m0 + 1, min(s + w, n))]))
+  out = np.zeros((t, clip.motion_other.shape[1]), np.float64)
+  norm = np.zeros((t, 1), np.float64)
+  for i in range(0, len(wins), batch_size):
+    preds = runner(wins[i:i + batch_size], [w] * len(wins[i:i + batch_size]))
+    for k, p in zip(range(i, i + len(preds)), preds):
+      out[starts[k]:starts[k] + w] += weights[k][:, None] * p
+      norm[starts[k]:starts[k] + w] += weights[k][:, None]
+  return (out / norm).astype(np.float32)

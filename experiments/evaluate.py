@@ -1,0 +1,63 @@
+r"""Scores predictions of a DualTalk split with the paper's metrics (released `metric.py` keys).
+
+  # score existing predictions (<clip>_speaker{1,2}.npy, T x 56)
+  python -m experiments.evaluate --data_dir=data/test --pred_dir=preds --output=metrics.json
+  # predict every clip in both directions with a checkpoint, then score
+  python -m experiments.evaluate --data_dir=data/test --checkpoint=ckpt/dualtalk_large --output=metrics.json
+  python -m experiments.evaluate --data_dir=data/test --checkpoint=DualTalk.pth --config=large --output=m.json
+
+`--data_dir` is a raw split folder (`<clip>_speaker{1,2}.{wav,npz}`). With a checkpoint
+(an orbax checkpoint directory, a training workdir, or a released-layout torch file)
+predictions go to `--pred_dir`, else to `<output stem>_predictions/` beside the output.
+Writes `--output` (JSON: the released keys, means over files) and
+`<output stem>_per_file.csv` (every file's values).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from absl import app, flags
+
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Raw split folder: <clip>_speaker{1,2}.{wav,npz}.", required=True)
+_PRED_DIR = flags.DEFINE_string("pred_dir", None, "Folder of <clip>_speakerK.npy predictions (read, or written with --checkpoint).")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Predict first with this checkpoint: orbax dir, workdir or .pth.")
+_OUTPUT = flags.DEFINE_string("output", None, "Metrics JSON to write (a _per_file.csv is written beside it).", required=True)
+_CONFIG = flags.DEFINE_enum("config", "large", ["large", "base", "tiny"], "Model config of a torch checkpoint.")
+_WAV2VEC2_CONFIG = flags.DEFINE_string("wav2vec2_config", None, "A HF wav2vec2 config.json for a torch checkpoint.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Clips per prediction batch.")
+_BUCKET_SECONDS = flags.DEFINE_float("bucket_seconds", 2.0, "Audio is padded to a multiple of this (one compile per bucket).")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the random steps (diversity pairs, k-means init).")
+
+
+def main(argv):
+  del argv
+  from dualtalk_jax.eval import evaluate, predict
+
+  start = time.time()
+  try:
+    if not _PRED_DIR.value and not _CHECKPOINT.value:
+      raise ValueError("pass --pred_dir (score predictions) or --checkpoint (predict, then score)")
+    pred_dir = _PRED_DIR.value or os.path.splitext(_OUTPUT.value)[0] + "_predictions"
+    if _CHECKPOINT.value:
+      evaluate.list_clips(_DATA_DIR.value)  # fail on a bad data_dir before loading the model
+      model = predict.load_model(_CHECKPOINT.value, config=_CONFIG.value, wav2vec2_config=_WAV2VEC2_CONFIG.value)
+      paths = evaluate.predict_split(model, _DATA_DIR.value, pred_dir, batch_size=_BATCH_SIZE.value,
+                                     bucket_seconds=_BUCKET_SECONDS.value, progress=sys.stderr.isatty())
+      print(f"wrote {len(paths)} predictions to {os.path.abspath(pred_dir)} ({time.time() - start:.1f} s)")
+    result = evaluate.score_predictions(pred_dir, _DATA_DIR.value, seed=_SEED.value)
+    out, csv_path = evaluate.write_results(_OUTPUT.value, result)
+  except (OSError, ValueError, ImportError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+  mean = result["mean"]
+  for m in ("fid", "p_fid", "mse", "sid", "rpcc"):
+    print(f"{m:>6}: " + "  ".join(f"{g} {mean[f'{m}_{g}']:.4g}" for g in ("exp", "jaw", "pose")))
+  print(f"scored {len(result['files'])} files -> {os.path.abspath(out)}, {os.path.abspath(csv_path)} "
+        f"({time.time() - start:.1f} s)")
+
+
+if __name__ == "__main__":
+  app.run(main)
