@@ -20,7 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def split(tmp_path_factory):
   d = tmp_path_factory.mktemp("split")
-  synthetic.synthesize(str(d), 2, seed=0, min_seconds=4, max_seconds=6)
+  synthetic.synthesize(str(d), 2, seed=0, min_seconds=4, max_seconds=5)  # one metrics bucket
   return str(d)
 
 
@@ -163,6 +163,18 @@ def test_evaluate_batches_on_preprocessed_split(split, tiny_ckpt, tmp_path):
   assert out["val_fid_jaw"] == pytest.approx(want["fid_jaw"], rel=1e-4)
 
 
+def test_cli_errors(split, tmp_path):
+  run = lambda *a: subprocess.run([sys.executable, "-m", "experiments.evaluate", f"--data_dir={split}", *a,
+                                   f"--output={tmp_path / 'x.json'}"], cwd=ROOT, capture_output=True, text=True,
+                                  env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  r = run(f"--pred_dir={tmp_path / 'nothing'}")
+  assert r.returncode == 1 and "nothing: no such prediction directory" in r.stderr, r.stderr[-1500:]
+  r = run()
+  assert r.returncode == 1 and "pass --pred_dir" in r.stderr
+  assert not (tmp_path / "x.json").exists()
+
+
+@pytest.mark.slow
 def test_cli_predicts_and_scores(split, tiny_ckpt, tmp_path):
   path, _ = tiny_ckpt
   out = tmp_path / "metrics.json"
@@ -179,7 +191,3 @@ def test_cli_predicts_and_scores(split, tiny_ckpt, tmp_path):
                      cwd=ROOT, capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert r.returncode == 0, r.stderr[-2000:]
   assert json.loads((tmp_path / "again.json").read_text()) == js
-  r = subprocess.run([sys.executable, "-m", "experiments.evaluate", f"--data_dir={split}",
-                      f"--pred_dir={tmp_path / 'nothing'}", f"--output={tmp_path / 'x.json'}"],
-                     cwd=ROOT, capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
-  assert r.returncode == 1 and "nothing: no such prediction directory" in r.stderr

@@ -43,7 +43,7 @@ def alone(model, c):
 def test_bucketed_batches_equal_clip_by_clip(model):
   rng = np.random.default_rng(3)
   # different lengths, partner audio and motion lengths off the target's, a float64-quirk length (4480)
-  spec = [(16000, 25, None), (4480, 9, None), (9000, 20, 8700), (23123, 30, None), (7001, 12, 7400)]
+  spec = [(16000, 25, None), (4480, 9, None), (9000, 20, 8700), (7001, 12, 7400)]
   clips = [make_clip(rng, s, n, o) for s, n, o in spec]
   got = P.predict_clips(model, clips, batch_size=2, bucket_seconds=1.0)
   worst = 0.0
@@ -54,19 +54,21 @@ def test_bucketed_batches_equal_clip_by_clip(model):
   assert worst <= 1e-5, worst
 
 
-def test_batches_share_compiled_shapes(model, monkeypatch):
+def test_batches_share_compiled_shapes(monkeypatch):
   """Clips in one bucket go through one padded shape, whatever their lengths."""
-  shapes = []
-  real = P.predict_padded
-  def spy(m, clips, **kw):
-    out = real(m, clips, **kw)
-    shapes.append((kw["batch_size"], len(out)))
-    return out
-  monkeypatch.setattr(P, "predict_padded", spy)
+  from dualtalk_jax.models import dualtalk
+
+  calls = []
+  def fake(model, a, b, m, *, num_frames, max_frames, **kw):
+    calls.append((a.shape, b.shape, m.shape, max_frames))
+    return np.zeros((a.shape[0], max_frames, 56), np.float32)
+  monkeypatch.setattr(dualtalk, "predict", fake)
   rng = np.random.default_rng(4)
-  clips = [make_clip(rng, s, 10) for s in (8000, 9000, 12000, 15999, 30000)]
-  P.predict_clips(model, clips, batch_size=4, bucket_seconds=1.0)
-  assert shapes == [(4, 4), (4, 1)]  # four clips in the 1-s bucket of 16000 samples, one in 32000
+  clips = [make_clip(rng, s, n) for s, n in ((8000, 10), (9000, 30), (12000, 5), (15999, 26), (30000, 47))]
+  out = P.predict_clips(None, clips, batch_size=4, bucket_seconds=1.0)
+  assert [len(o) for o in out] == [audio.num_frames(len(c.audio_self)) for c in clips]
+  # four clips in the 1-s bucket (16000 samples, motion padded to 25-frame multiples), one in 32000
+  assert calls == [((4, 16000), (4, 16000), (4, 50, 56), 25), ((4, 32000), (4, 32000), (4, 50, 56), 50)]
 
 
 def test_window_plan_covers_clip_and_weights_sum_to_one():
@@ -132,12 +134,12 @@ def test_windowed_is_frame_exact_and_crossfaded(samples):
 def test_windowed_model_matches_whole_clip_without_seams(model):
   """The real (tiny) model: same length as one pass, close to it, no jumps at seams."""
   rng = np.random.default_rng(11)
-  samples = 24 * 16000 + 500  # len % 640 in [400, 640): window and whole-clip conv grids coincide
+  samples = 14 * 16000 + 500  # len % 640 in [400, 640): window and whole-clip conv grids coincide
   t = audio.num_frames(samples)
   clip = make_clip(rng, samples, t)
   whole = P.predict_windowed(model, clip, window_seconds=0)
   np.testing.assert_allclose(whole, alone(model, clip), atol=1e-5)
-  w, o = 150, 50
+  w, o = 100, 25
   got = P.predict_windowed(model, clip, window_seconds=w / 25, overlap_seconds=o / 25)
   assert got.shape == whole.shape == (t, 56)
   starts = P.window_starts(t, w, o)
@@ -151,9 +153,15 @@ def test_windowed_model_matches_whole_clip_without_seams(model):
   assert rel < 0.1, rel
 
 
-def test_short_clip_is_one_pass(model):
+def test_short_clip_is_one_pass():
   clip = make_clip(np.random.default_rng(5), 30000, 40)
-  np.testing.assert_allclose(P.predict_windowed(model, clip, window_seconds=4), alone(model, clip), atol=1e-5)
+  calls = []
+  def runner(clips, num_frames):
+    calls.append(num_frames)
+    return [np.ones((clips[0].num_frames, 56), np.float32)]
+  assert P.predict_windowed(None, clip, window_seconds=4, runner=runner).shape == (47, 56)
+  assert P.predict_windowed(None, clip, window_seconds=0, runner=runner).shape == (47, 56)
+  assert calls == [None, None]  # whole clip, its own T
 
 
 def test_bad_overlap_is_an_error():

@@ -3,7 +3,7 @@
 Rows: jaw opening (jaw rotation about x, `pose[:, 3]`), neck rotation (the three
 axis-angle components), and the leading expression coefficients, for the target
 (prediction) and the partner (given motion). Frames where a speaker's audio is active
-(frame RMS within `vad_db` of its loud frames) are shaded in that speaker's colour, so
+(`voice_activity`) are shaded in that speaker's colour, so
 speaking/listening behaviour can be read against who talks.
 """
 
@@ -18,16 +18,17 @@ from dualtalk_jax import audio
 COLORS = ("tab:red", "tab:blue")
 
 
-def voice_activity(samples: np.ndarray, frames: int, vad_db: float = 30.0) -> np.ndarray:
-  """(frames,) bool: frame RMS (640-sample frames) above the 95th percentile minus `vad_db` dB."""
+def voice_activity(samples: np.ndarray, frames: int) -> np.ndarray:
+  """(frames,) bool: frame RMS (640-sample frames) above the midpoint, in dB, of the track's
+  quiet (10th percentile) and loud (95th) frames; robust to the partner's bleed into a track."""
   x = np.zeros(frames * audio.SAMPLES_PER_FRAME, np.float32)
   n = min(len(samples), len(x))
   x[:n] = samples[:n]
   rms = np.sqrt(np.mean(x.reshape(frames, -1).astype(np.float64) ** 2, axis=1))
-  ref = np.percentile(rms, 95)
-  if ref <= 0:
+  lo, hi = np.percentile(rms, [10, 95])
+  if hi <= 0:
     return np.zeros(frames, bool)
-  active = 20 * np.log10(np.maximum(rms, 1e-12) / ref) > -vad_db
+  active = rms > np.sqrt(max(lo, 1e-4 * hi) * hi)
   k = np.ones(5) / 5  # drop single-frame blips
   return np.convolve(active.astype(float), k, mode="same") > 0.5
 
