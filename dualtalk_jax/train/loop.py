@@ -194,28 +194,20 @@ def _summary_writer(workdir):
 
 
 def validate(config, model_def, eval_step, params, mesh) -> dict[str, float]:
-  """Masked loss over the whole validation split (every host, its share of clips)."""
+  """Released loss and the paper's metrics over the whole validation split.
+
+  `dualtalk_jax.eval.evaluate.evaluate_batches` (jitted metric kernels): every host
+  predicts its share of clips, each with the model's own T, and the sums are combined.
+  Keys: `val_loss`, `val_loss_<part>`, `val_<released metric key>` (`config.data.eval_metrics`
+  False: the loss only).
+  """
   from dualtalk_jax.data import pipeline
-  from dualtalk_jax.models.dualtalk import frame_mask
-  from dualtalk_jax.train.loss import dualtalk_loss
+  from dualtalk_jax.eval import evaluate
 
   ds = pipeline.make_eval_dataset(config.data.val_dir, batch_size=config.data.eval_batch_size,
                                   bucket_frames=config.data.eval_bucket_frames)
-  totals = {}
-  weight = 0.0
-  for batch in ds:
-    pred = np.asarray(eval_step(params, {k: batch[k] for k in step_lib.BATCH_NDIM}))
-    for i in np.flatnonzero(batch["valid"]):
-      n = int(batch["num_frames"][i])
-      _, parts = dualtalk_loss(pred[i : i + 1, :n], batch["motion_self"][i : i + 1, :n])
-      for k, v in parts.items():
-        totals[k] = totals.get(k, 0.0) + float(v) * n
-      weight += n
-  if weight == 0:
-    return {}
-  out = {f"val_loss_{k}": v / weight for k, v in totals.items()}
-  out["val_loss"] = sum(out.values())
-  return out
+  predict_fn = lambda batch: eval_step(params, {k: batch[k] for k in step_lib.BATCH_NDIM})
+  return evaluate.evaluate_batches(predict_fn, ds, scores=config.data.get("eval_metrics", True))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
