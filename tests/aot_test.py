@@ -79,5 +79,5 @@ def test_remat_gives_the_same_loss_and_gradients():
   assert jax.tree.structure(p0) == jax.tree.structure(p1)
   jax.tree.map(np.testing.assert_array_equal, p0, p1)
   np.testing.assert_allclose(float(l1), float(l0), rtol=1e-6)
-  assert float(optax.global_norm(g0)) > 0
+  assert float(optax.tree.norm(g0)) > 0
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), g1, g0)
