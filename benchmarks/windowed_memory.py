@@ -55,7 +55,8 @@ def child(args) -> dict:
   wall = time.time() - t0
   stats = jax.devices()[0].memory_stats() or {}
   return {
-      "config": args.config, "seconds": args.seconds, "window_seconds": args.window_seconds, "frames": int(pred.shape[0]),
+      "config": args.config, "seconds": args.seconds, "window_seconds": args.window_seconds,
+      "frames": int(pred.shape[0]),
       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rss_after_model_mb": rss_model,
       "inputs_mb": inputs_mb, "device_peak_mb": stats.get("peak_bytes_in_use", 0) / 2**20 or None,
       "wall_s": wall, "device": jax.devices()[0].device_kind,

@@ -163,7 +163,8 @@ def write_results(output: str, result: dict[str, Any]) -> tuple[str, str]:
       w = csv.writer(f)
       w.writerow(["file", "frames", *metrics.METRIC_KEYS])
       for i, name in enumerate(result["files"]):
-        w.writerow([name, int(result["frames"][i]), *(repr(float(result["per_file"][k][i])) for k in metrics.METRIC_KEYS)])
+        values = (repr(float(result["per_file"][k][i])) for k in metrics.METRIC_KEYS)
+        w.writerow([name, int(result["frames"][i]), *values])
 
   atomic_write(csv_path, write)
   return output, csv_path
