@@ -10,7 +10,7 @@ torch tree with `load_state_dict(strict=True)`), and their outputs are compared 
            params, compiled ahead of time so the compile time is reported apart), f32 or
            `--dtype bfloat16` compute (f32 params), on JAX's default device.
   PyTorch  `third_party.dualtalk_torch.DualTalk`, eval(), `torch.no_grad()`,
-           `torch.set_num_threads(os.cpu_count())`, f32, its default (released, "eager")
+           `torch.set_num_threads(os.cpu_count())` (or `--torch_threads`), f32, its default (released, "eager")
            wav2vec2 attention unless `--torch_attn sdpa`; on CUDA when JAX runs on a GPU
            and torch sees one, else on the CPU.
 
@@ -146,8 +146,9 @@ def main():
   ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="JAX compute dtype (params f32)")
   ap.add_argument("--torch_attn", default="eager", choices=["eager", "sdpa"],
                   help="wav2vec2 attention of the torch tree (eager: as released)")
-  ap.add_argument("--torch_threads", type=int, default=0,
-                  help="torch intra-op threads (default 0: os.cpu_count()); 1 helps torch on an oversubscribed CPU")
+  ap.add_argument("--torch_threads", default="0",
+                  help="torch intra-op threads, comma-separated to time several in the same run (e.g. 1,2); "
+                  "0 = os.cpu_count(). 1 helps torch on an oversubscribed CPU")
   ap.add_argument("--torch_device", default="auto", help="auto: cuda if JAX is on a GPU and torch sees one, else cpu")
   ap.add_argument("--skip_torch", action="store_true", help="JAX only (no reference, no ratio)")
   ap.add_argument("--samples_dir", default=SAMPLES_DIR)
@@ -163,7 +164,8 @@ def main():
   from dualtalk_jax.config import CONFIGS
   from dualtalk_jax.models.dualtalk import DualTalk, count_params, make_rngs
 
-  torch.set_num_threads(args.torch_threads or os.cpu_count())
+  threads = [int(n) or os.cpu_count() for n in args.torch_threads.split(",")]
+  torch.set_num_threads(threads[0])
   backend = jax.default_backend()
   tdev = args.torch_device
   if tdev == "auto":
@@ -239,32 +241,37 @@ def main():
       jax.profiler.stop_trace()
       print(f"# profile written under {args.profile_dir}")
 
-    tj, tt, loads = [], [], []
+    tj, tt, loads = [], {n: [] for n in threads} if ref is not None else {}, []
     for r in range(args.repeats):
       tj.append(run_jax()[0])
-      if ref is not None:
-        tt.append(run_torch()[0])
+      for n in tt:
+        torch.set_num_threads(n)
+        tt[n].append(run_torch()[0])
       loads.append(os.getloadavg()[0])
-      print(f"  repeat {r + 1}/{args.repeats}: JAX {tj[-1]:.3f} s" + (f", torch {tt[-1]:.3f} s" if tt else "")
+      print(f"  repeat {r + 1}/{args.repeats}: JAX {tj[-1]:.3f} s"
+            + "".join(f", torch ({n} threads) {v[-1]:.3f} s" for n, v in tt.items())
             + f", load {loads[-1]:.2f}", flush=True)
+    torch.set_num_threads(threads[0])
     mj = statistics.median(tj)
-    mt = statistics.median(tt) if tt else None
-    rows.append((seconds, t, compile_s, mj, mt, diff, flops, statistics.mean(loads)))
+    mts = {n: statistics.median(v) for n, v in tt.items()} or {threads[0]: None}
+    for n, mt in mts.items():
+      rows.append((seconds, t, compile_s, mj, mt, n, diff, flops, statistics.mean(loads)))
 
   print()
   print(f"## summary: config={args.config}, JAX {args.dtype} on {jax.devices()[0].device_kind}, torch f32 on {tdev} "
         f"(median of {args.repeats} interleaved repeats)")
-  print(f"{'audio':>7} {'frames':>6} {'compile':>8} {'JAX s':>8} {'JAX s/s':>8} {'torch s':>8} {'torch s/s':>9} "
-        f"{'torch/JAX':>9} {'max|diff|':>9} {'GFLOP/s':>8} {'load1':>5}")
-  for seconds, t, compile_s, mj, mt, diff, flops, load in rows:
-    tcols = f"{'-':>8} {'-':>9} {'-':>9} {'-':>9}"
+  print(f"{'audio':>7} {'frames':>6} {'compile':>8} {'JAX s':>8} {'JAX s/s':>8} {'thr':>3} {'torch s':>8} "
+        f"{'torch s/s':>9} {'torch/JAX':>9} {'max|diff|':>9} {'GFLOP/s':>8} {'load1':>5}")
+  for seconds, t, compile_s, mj, mt, n, diff, flops, load in rows:
+    tcols = f"{'-':>3} {'-':>8} {'-':>9} {'-':>9} {'-':>9}"
     if mt:
-      tcols = f"{mt:8.3f} {mt / seconds:9.4f} {mt / mj:8.2f}x {diff:9.1e}"
+      tcols = f"{n:3d} {mt:8.3f} {mt / seconds:9.4f} {mt / mj:8.2f}x {diff:9.1e}"
     gf = f"{flops / mj / 1e9:8.1f}" if flops else f"{'-':>8}"
     print(f"{seconds:6g}s {t:6d} {compile_s:7.1f}s {mj:8.3f} {mj / seconds:8.4f} {tcols} {gf} {load:5.2f}")
   if backend == "gpu":
     print(f"reference: the paper reports {PAPER_S_PER_S} s of compute per second of output on a GPU "
           f"(JAX here: {', '.join(f'{mj / s:.4f}' for s, _, _, mj, *_ in rows)} s/s)")
+  print("torch/JAX > 1: JAX is faster. thr = torch intra-op threads; GFLOP/s = XLA cost-analysis FLOPs / JAX time")
   print(f"# {load_avg()}")
 
 
