@@ -50,13 +50,7 @@ def make_config(data_dirs, **overrides):
   c.log_every = 1
   c.eval_every = 0
   c.progress_bar = False
-  for k, v in overrides.items():
-    node = c
-    *parents, leaf = k.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = v
-  return c
+  return loop.apply_overrides(c, overrides)
 
 
 def run(data_dirs, workdir, **overrides):

@@ -11,6 +11,7 @@ temporary name and renamed when complete. torch is needed only for `.pth`/`.pt` 
 
 from __future__ import annotations
 
+import gc
 import os
 import uuid
 from collections.abc import Mapping
@@ -149,7 +150,8 @@ def torch_to_checkpoint(input_path: str, output_dir: str, cfg: DualTalkConfig, *
     raise FileExistsError(f"{output_dir}: already exists (pass --overwrite to replace it)")
   sd = read_torch_file(input_path)
   params = state_dict_to_params(sd, cfg, source=os.fspath(input_path))
-  del sd
+  del sd  # unmaps the torch file before the save makes its own buffers
+  gc.collect()
   return checkpoint.save_params(output_dir, params, cfg, overwrite=overwrite)
 
 

@@ -213,7 +213,7 @@ def torch_to_jax(
       continue
     for p, arr in zip(e.jax_paths, _from_torch_layout(e.transform, to_numpy(t), len(e.jax_paths))):
       path, var = by_path[p]
-      out[path] = np.ascontiguousarray(arr, dtype=var.dtype)
+      out[path] = np.array(arr, dtype=var.dtype, order="C")  # a copy: frees the (mmapped) source
   problems = []
   if missing:
     problems.append(f"{len(missing)} missing key(s): {', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}")

@@ -33,6 +33,17 @@ class NonFiniteLossError(FloatingPointError):
   pass
 
 
+def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]) -> ml_collections.ConfigDict:
+  """Sets dotted fields (`{"data.window_frames": 50}`), as `--config.data.window_frames=50` does."""
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
 def model_config(config: ml_collections.ConfigDict) -> DualTalkConfig:
   return get_model_config(config.model, config.get("wav2vec2_config") or None)
 

@@ -65,13 +65,7 @@ def run(workdir: str, **overrides) -> dict[str, Any]:
   """Runs the whole quickstart in `workdir`; returns paths and the model/baseline MSEs."""
   from dualtalk_jax.convert import pytorch
 
-  config = quickstart_config.get_config()
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  config = loop.apply_overrides(quickstart_config.get_config(), overrides)
   workdir = os.path.abspath(workdir)
   out = loop.train_and_evaluate(config, workdir)
   result: dict[str, Any] = {"workdir": workdir, "final_train_loss": out["metrics"].get("loss")}
