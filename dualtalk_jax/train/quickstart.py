@@ -93,31 +93,15 @@ def run(workdir: str, **overrides) -> dict[str, Any]:
 
 
 def _plot_first_clip(config, pred_dir: str, path: str) -> bool:
-  """Plots the first held-out clip's prediction vs ground truth (jaw, neck, leading exp)."""
+  """Plots the first held-out clip: speaker1's predicted motion against speaker2's, with voice activity."""
   try:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-  except ImportError:
+    from dualtalk_jax.eval.plot import plot_conversation
+  except ImportError:  # matplotlib absent
     return False
   manifest = records.load_manifest(config.data.val_dir)
   clip = manifest["clips"][0]
   rec = pipeline.ClipReader(config.data.val_dir, manifest)(clip["record_index"])
   pred = np.load(os.path.join(pred_dir, f"{clip['name']}_speaker1.npy"))
-  gt = rec["motion_1"][: len(pred)]
-  t = np.arange(len(pred)) / 25.0
-  fig, axes = plt.subplots(3, 1, figsize=(10, 7), sharex=True)
-  for ax, (label, col) in zip(axes, (("jaw opening (pose[3])", 50), ("neck pitch (pose[0])", 53), ("exp[0]", 0))):
-    ax.plot(t, gt[:, col], label="ground truth", color="0.3")
-    ax.plot(t, pred[:, col], label="prediction", color="tab:red")
-    ax.set_ylabel(label)
-  axes[0].legend(loc="upper right")
-  axes[0].set_title(f"{clip['name']} speaker1 (held out)")
-  axes[-1].set_xlabel("seconds")
-  fig.tight_layout()
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=100)
-  plt.close(fig)
-  os.replace(tmp, path)
+  plot_conversation(path, pred, rec["motion_2"], rec["audio_1"], rec["audio_2"],
+                    labels=("speaker1 (prediction)", "speaker2"), title=f"{clip['name']} (held out)")
   return True
