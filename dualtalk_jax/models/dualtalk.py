@@ -220,8 +220,11 @@ def predict(model: DualTalk, audio_self, audio_other, motion_other, *, audio_sel
   )
 
 
+@functools.lru_cache(maxsize=4)
 def abstract_model(cfg: DualTalkConfig, **kw) -> DualTalk:
-  """The model with shapes only (nothing allocated), e.g. to count parameters."""
+  """The model with shapes only (nothing allocated), e.g. to count parameters or to map keys.
+
+  Cached per config (tracing the large model takes seconds): treat it as read-only."""
   return nnx.eval_shape(lambda: DualTalk(cfg, rngs=make_rngs(0), **kw))
 
 
