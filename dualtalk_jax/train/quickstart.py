@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from dualtalk_jax.data import pipeline, records
+from dualtalk_jax.eval import evaluate
 from dualtalk_jax.train import loop, step as step_lib
 from dualtalk_jax.train.loss import GROUPS
 from experiments.configs import quickstart as quickstart_config
@@ -49,11 +50,14 @@ def evaluate_against_baseline(config, out: dict[str, Any], pred_dir: str) -> dic
   ds = pipeline.make_eval_dataset(config.data.val_dir, batch_size=config.data.eval_batch_size,
                                   bucket_frames=config.data.eval_bucket_frames)
   for batch in ds:
-    pred = np.asarray(eval_step(params, {k: batch[k] for k in step_lib.BATCH_NDIM}))
+    inputs = {k: batch[k] for k in step_lib.BATCH_NDIM}
+    inputs["num_frames"] = evaluate.model_frames(batch)  # the model's own T, from the audio length
+    pred = np.asarray(eval_step(params, inputs))
     for i in np.flatnonzero(batch["valid"]):
-      n = int(batch["num_frames"][i])
+      n = int(min(inputs["num_frames"][i], batch["num_frames"][i]))  # common length with the ground truth
       p, gt = pred[i, :n], batch["motion_self"][i, :n]
-      np.save(os.path.join(pred_dir, f"{names[int(batch['clip_id'][i])]}_speaker{int(batch['target'][i])}.npy"), p)
+      name = f"{names[int(batch['clip_id'][i])]}_speaker{int(batch['target'][i])}.npy"
+      evaluate.save_npy(os.path.join(pred_dir, name), pred[i, : inputs["num_frames"][i]])
       for g, s in list(GROUPS.items()) + [("all", slice(0, 56))]:
         sums[f"model_{g}"] += float(np.sum((p[:, s] - gt[:, s]) ** 2))
         sums[f"baseline_{g}"] += float(np.sum((base[s] - gt[:, s]) ** 2))
