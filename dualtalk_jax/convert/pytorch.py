@@ -4,8 +4,9 @@
     checkpoint directory / workdir     -> .pth or .safetensors         `checkpoint_to_torch`
 
 The layout change is the one conversion table (`table.py`). Torch files are read with
-`weights_only=True` and memory-mapped, then converted one tensor at a time, so a 2.6 GB
-checkpoint converts in about its own size of memory. Outputs are written under a
+`weights_only=True` and memory-mapped, then converted one tensor at a time into jax
+arrays, dropping each tensor's mapped pages once it is copied, so a 2.6 GB checkpoint
+converts in about 1.5x its own size of memory. Outputs are written under a
 temporary name and renamed when complete. torch is needed only for `.pth`/`.pt` files.
 """
 
@@ -58,6 +59,11 @@ def unwrap_state_dict(obj: Any, source: str) -> dict[str, Any]:
 
 def read_torch_file(path: str | os.PathLike) -> dict[str, Any]:
   """A state dict from .pth/.pt/.bin (torch tensors, memory-mapped) or .safetensors (numpy)."""
+  return _read_torch_file(path)[0]
+
+
+def _read_torch_file(path) -> tuple[dict[str, Any], bool]:
+  """(state dict, whether its tensors are memory-mapped from the file)."""
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path}: no such file")
@@ -65,20 +71,43 @@ def read_torch_file(path: str | os.PathLike) -> dict[str, Any]:
     from safetensors.numpy import load_file
 
     try:
-      return unwrap_state_dict(load_file(path), path)
+      return unwrap_state_dict(load_file(path), path), False
     except table.ConversionError:
       raise
     except Exception as e:
       raise ValueError(f"{path}: cannot read safetensors file ({e})") from None
   torch = _import_torch(path)
   try:
-    obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    obj, mapped = torch.load(path, map_location="cpu", weights_only=True, mmap=True), True
   except Exception as e:
     try:  # files written by torch < 1.6 (not zip) cannot be memory-mapped
-      obj = torch.load(path, map_location="cpu", weights_only=True)
+      obj, mapped = torch.load(path, map_location="cpu", weights_only=True), False
     except Exception:
       raise ValueError(f"{path}: cannot read torch checkpoint ({type(e).__name__}: {e})") from None
-  return unwrap_state_dict(obj, path)
+  return unwrap_state_dict(obj, path), mapped
+
+
+def _drop_mapped_pages(tensor) -> None:
+  """Drops the resident pages of a tensor memory-mapped from a file (`madvise(DONTNEED)`).
+
+  torch maps checkpoint files privately and we only read them, so the pages are clean:
+  the kernel discards them and a later read would fault them in from the file again.
+  Converting a 2.6 GB file thus never holds the whole file resident beside its copy.
+  Never call it on tensors that are not file-mapped (it would zero anonymous memory).
+  """
+  import ctypes
+  import mmap
+
+  storage = tensor.untyped_storage()
+  ptr, size = storage.data_ptr(), storage.nbytes()
+  start = -(-ptr // mmap.PAGESIZE) * mmap.PAGESIZE
+  end = (ptr + size) // mmap.PAGESIZE * mmap.PAGESIZE
+  if end > start:
+    try:
+      libc = ctypes.CDLL(None)
+      libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), 4)  # MADV_DONTNEED
+    except (OSError, AttributeError):  # not Linux/glibc: the pages stay until the unmap
+      pass
 
 
 def _atomic_target(output: str, overwrite: bool) -> str:
@@ -123,18 +152,23 @@ def torch_key_order(cfg: DualTalkConfig) -> list[str] | None:
     return list(TorchDualTalk.from_config(cfg).state_dict())
 
 
-def state_dict_to_params(state_dict: Mapping[str, Any], cfg: DualTalkConfig, *, source: str = "state dict") -> dict:
-  """A released-layout state dict -> checkpoint params tree (numpy), every key checked."""
+def state_dict_to_params(state_dict: Mapping[str, Any], cfg: DualTalkConfig, *, source: str = "state dict",
+                         release=None) -> dict:
+  """A released-layout state dict -> checkpoint params tree (jax arrays), every key checked."""
   from dualtalk_jax.models.dualtalk import abstract_model
 
-  arrays = table.torch_to_jax(abstract_model(cfg), state_dict, source=source)
+  arrays = table.torch_to_jax(abstract_model(cfg), state_dict, source=source, release=release)
   return checkpoint.params_tree(arrays)
 
 
 def params_to_state_dict(params: Mapping, cfg: DualTalkConfig, *, weight_norm: str = "new") -> dict[str, np.ndarray]:
   """Checkpoint params tree -> released-layout state dict, in the released key order."""
-  flat = {table.path_str(p): v for p, v in checkpoint.flatten_tree(params).items()}
-  sd = table.jax_to_torch(flat, weight_norm=weight_norm)
+  return _flat_to_state_dict({table.path_str(p): v for p, v in checkpoint.flatten_tree(params).items()}, cfg, weight_norm)
+
+
+def _flat_to_state_dict(flat: dict, cfg: DualTalkConfig, weight_norm: str) -> dict[str, np.ndarray]:
+  """{dotted path: array} -> ordered state dict; empties `flat` as it goes (see jax_to_torch)."""
+  sd = table.jax_to_torch(flat, weight_norm=weight_norm, consume=True)
   order = torch_key_order(cfg)
   if order is not None:
     order = [table.output_key(k, weight_norm) for k in order]
@@ -148,8 +182,9 @@ def torch_to_checkpoint(input_path: str, output_dir: str, cfg: DualTalkConfig, *
   """Converts a released-layout torch file into an orbax checkpoint directory."""
   if os.path.exists(output_dir) and not overwrite:
     raise FileExistsError(f"{output_dir}: already exists (pass --overwrite to replace it)")
-  sd = read_torch_file(input_path)
-  params = state_dict_to_params(sd, cfg, source=os.fspath(input_path))
+  sd, mapped = _read_torch_file(input_path)
+  params = state_dict_to_params(sd, cfg, source=os.fspath(input_path),
+                                release=_drop_mapped_pages if mapped else None)
   del sd  # unmaps the torch file before the save makes its own buffers
   gc.collect()
   return checkpoint.save_params(output_dir, params, cfg, overwrite=overwrite)
@@ -164,6 +199,8 @@ def checkpoint_to_torch(input_path: str, output: str, *, weight_norm: str = "new
   params, stored_cfg, _ = checkpoint.restore_params(input_path)
   if cfg is not None and cfg != stored_cfg:
     raise table.ConversionError(f"{input_path}: holds a different model config than the one asked for")
-  sd = params_to_state_dict(params, stored_cfg, weight_norm=weight_norm)
+  flat = {table.path_str(p): v for p, v in checkpoint.flatten_tree(params).items()}
+  del params  # `flat` is now the only reference: converting it frees each input as it goes
+  sd = _flat_to_state_dict(flat, stored_cfg, weight_norm)
   write_torch_file(sd, output, overwrite=overwrite)
   return output

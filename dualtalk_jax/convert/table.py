@@ -30,6 +30,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Callable
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -181,12 +183,14 @@ def torch_to_jax(
     *,
     source: str = "state dict",
     ignore: Callable[[str], bool] | None = None,
-) -> dict[tuple, np.ndarray]:
-  """Converts a torch state dict to {JAX path tuple: numpy array} for `model`'s params.
+    release: Callable[[Any], None] | None = None,
+) -> dict[tuple, jax.Array]:
+  """Converts a torch state dict to {JAX path tuple: jax array} for `model`'s params.
 
   `model` may be abstract (`nnx.eval_shape`). Tensors are converted one at a time.
   Every key is checked: unknown keys (not `ignore`d), missing keys and wrong shapes all
-  raise one ConversionError that lists them, naming `source`.
+  raise one ConversionError that lists them, naming `source`. `release(tensor)` is
+  called on each source tensor once it is converted (e.g. to drop its mmapped pages).
   """
   leaves = param_leaves(model)
   by_path = {path_str(p): (p, v) for p, v in leaves}
@@ -213,7 +217,11 @@ def torch_to_jax(
       continue
     for p, arr in zip(e.jax_paths, _from_torch_layout(e.transform, to_numpy(t), len(e.jax_paths))):
       path, var = by_path[p]
-      out[path] = np.array(arr, dtype=var.dtype, order="C")  # a copy: frees the (mmapped) source
+      # A device copy: releases the (memory-mapped) source, and orbax saves jax arrays
+      # with far less extra host memory than numpy ones.
+      out[path] = jnp.array(arr, dtype=var.dtype)
+    if release is not None:
+      release(t)
   problems = []
   if missing:
     problems.append(f"{len(missing)} missing key(s): {', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}")
@@ -226,15 +234,22 @@ def torch_to_jax(
   return out
 
 
-def jax_to_torch(params: nnx.Module | Mapping[str, Any], *, weight_norm: str = "new") -> dict[str, np.ndarray]:
-  """A model's params (or {dotted JAX path: array}) as a torch-layout {key: numpy array}."""
+def jax_to_torch(params: nnx.Module | Mapping[str, Any], *, weight_norm: str = "new",
+                 consume: bool = False) -> dict[str, np.ndarray]:
+  """A model's params (or {dotted JAX path: array}) as a torch-layout {key: numpy array}.
+
+  `consume=True` pops each entry from `params` (a dict the caller owns) once converted,
+  so a transposed copy never coexists with the whole input (bounded conversion memory).
+  """
   if isinstance(params, nnx.Module):
     params = {path_str(p): v[...] for p, v in param_leaves(params)}
-  leaves = {k: np.asarray(v) for k, v in params.items()}
-  return {
-      output_key(e.torch_key, weight_norm): np.ascontiguousarray(_to_torch_layout(e.transform, [leaves[p] for p in e.jax_paths]))
-      for e in build_entries(leaves)
-  }
+  if not consume:
+    params = dict(params)
+  out = {}
+  for e in build_entries(params):
+    leaves = [np.asarray(params.pop(p)) for p in e.jax_paths]
+    out[output_key(e.torch_key, weight_norm)] = np.ascontiguousarray(_to_torch_layout(e.transform, leaves))
+  return out
 
 
 def assign(model: nnx.Module, arrays: Mapping[tuple, Any]) -> None:
