@@ -15,6 +15,14 @@ masks padded keys, the LSTM's backward pass starts at each clip's true end, and 
 encoder resamples each clip's own conv frames, so a padded batch gives, clip by clip, what
 the released code gives on that clip alone. Dropout, SpecAugment and LayerDrop act only
 in training mode (`model.train()`; `model.eval()` for inference). rng stream: 'dropout'.
+
+Frozen wav2vec2 mode (`freeze_audio_encoders(model)`, after `model.train()`): both
+encoders run in eval mode and pass no gradient, the rest of the model trains as usual.
+Their outputs are then a pure function of the audio (`JointEncoder.encode_audio`), which
+is what the preprocessing feature cache stores (dualtalk_jax/data/feature_cache.py);
+`model(None, None, motion_other, features_self=..., features_other=...)` takes those
+cached hidden states instead of audio, skips both encoders and is otherwise the same
+forward pass (same params; the encoder params are simply not read).
 """
 
 from __future__ import annotations
@@ -58,16 +66,52 @@ class JointEncoder(nnx.Module):
         layers.torch_linear(cfg.blendshape_hidden, cfg.feature_dim, **kw),
         jax.nn.relu,
     )
+    self.frozen_encoders = False  # see `freeze_audio_encoders`
 
-  def __call__(self, audio_self, audio_other, motion_other, *, audio_self_lengths, audio_other_lengths, num_frames, max_frames):
+  def encode_audio(self, audio_self, audio_other, *, audio_self_lengths, audio_other_lengths, num_frames, max_frames):
+    """The two encoders' last hidden states, each resampled to `max_frames`: (B, T, H) twice.
+
+    `audio_encoder1` encodes the target's audio, `audio_encoder2` the partner's. With
+    `frozen_encoders` set, the outputs carry no gradient."""
     enc = dict(num_frames=num_frames, max_frames=max_frames)
     h_self, _ = self.audio_encoder1(audio_self, input_lengths=audio_self_lengths, **enc)
     h_other, _ = self.audio_encoder2(audio_other, input_lengths=audio_other_lengths, **enc)
+    if self.frozen_encoders:
+      h_self, h_other = jax.lax.stop_gradient(h_self), jax.lax.stop_gradient(h_other)
+    return h_self, h_other
+
+  def __call__(self, audio_self, audio_other, motion_other, *, audio_self_lengths, audio_other_lengths, num_frames, max_frames,
+               features_self=None, features_other=None):
+    """`features_self`/`features_other` ((B, max_frames, H), e.g. from the feature cache)
+    replace the encoders' outputs; the audio arguments are then ignored (pass None)."""
+    if (features_self is None) != (features_other is None):
+      raise ValueError("pass both features_self and features_other, or neither")
+    if features_self is None:
+      h_self, h_other = self.encode_audio(audio_self, audio_other, audio_self_lengths=audio_self_lengths,
+                                          audio_other_lengths=audio_other_lengths, num_frames=num_frames,
+                                          max_frames=max_frames)
+    else:
+      h_self, h_other = features_self, features_other
+      want = (motion_other.shape[0], max_frames, self.audio_projection.in_features)
+      for name, h in (("features_self", h_self), ("features_other", h_other)):
+        if tuple(h.shape) != want:
+          raise ValueError(f"{name} has shape {tuple(h.shape)}, expected (batch, max_frames, hidden) = {want}")
     return (
         self.audio_projection(h_self),
         self.audio_projection(h_other),
         self.blendshape_encoder(motion_other),
     )
+
+
+def freeze_audio_encoders(model: "DualTalk") -> "DualTalk":
+  """Frozen wav2vec2 mode: both encoders in eval mode (no dropout, SpecAugment or LayerDrop)
+  and no gradient through them; the rest of the model keeps its mode. Call it after
+  `model.train()`, which would put the encoders back in training mode. Returns `model`."""
+  je = model.joint_encoder
+  je.frozen_encoders = True
+  je.audio_encoder1.eval()
+  je.audio_encoder2.eval()
+  return model
 
 
 class TemporalEnhancer(nnx.Module):
@@ -152,22 +196,36 @@ class DualTalk(nnx.Module):
       motion_other_lengths=None,
       num_frames=None,
       max_frames: int | None = None,
+      features_self=None,
+      features_other=None,
   ):
     """Predicts the target's motion.
 
     Args:
-      audio_self, audio_other: (B, S) and (B, S') normalised 16 kHz audio, zero-padded.
+      audio_self, audio_other: (B, S) and (B, S') normalised 16 kHz audio, zero-padded
+        (None with features_self/features_other).
       motion_other: (B, N, 56) partner motion (N need not equal T), zero-padded.
       *_lengths: (B,) valid samples / frames per clip; None = the whole row.
       num_frames: (B,) output frames per clip, `audio.num_frames(len(audio_self))` computed
         on the host in float64 as the released code does; None = from the padded width
         (only valid when audio_self_lengths is None).
       max_frames: static output length; None = max of num_frames (host values only).
+      features_self, features_other: (B, T, H) wav2vec2 last hidden states already
+        resampled to the output frames (`joint_encoder.encode_audio`, or the feature
+        cache), used instead of running the two encoders on audio; None = from audio.
+        num_frames None = all T frames.
 
     Returns:
       (B, max_frames, motion_dim); rows past num_frames[b] are padding.
     """
-    b, s = audio_self.shape
+    if features_self is not None:
+      b, t = np.shape(features_self)[:2]
+      if num_frames is None:
+        num_frames = np.full((b,), t, np.int32)
+      if max_frames is None:
+        max_frames = t
+    else:
+      b, s = audio_self.shape
     if num_frames is None:
       if audio_self_lengths is not None:
         raise ValueError("num_frames is required with audio_self_lengths (computed on the host in float64)")
@@ -188,6 +246,8 @@ class DualTalk(nnx.Module):
         audio_other_lengths=audio_other_lengths,
         num_frames=num_frames,
         max_frames=max_frames,
+        features_self=features_self,
+        features_other=features_other,
     )
     x = self.temporal_enhancer(a_other, m_other, motion_mask=motion_mask, num_frames=num_frames)
     h = jnp.concatenate([a_self, x], axis=-1)
