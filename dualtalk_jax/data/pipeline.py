@@ -35,6 +35,13 @@ Batch keys (training, all `B = batch_size` rows, numpy):
   motion_other                (B, W, 56) float32
   audio_self_lengths, audio_other_lengths, motion_other_lengths, num_frames   (B,) int32
   clip_id (record index), window, target (1 or 2: which speaker is the target)   (B,) int32
+With `feature_cache=True` (data preprocessed with `--cache_wav2vec2`, feature_cache.py)
+the blocks are read from the feature shards (features and motion, no audio) and the
+batches hold, instead of the audio and its lengths,
+  features_self               (B, W, H) float32, audio_encoder1 on the target's window
+  features_other              (B, W, H) float32, audio_encoder2 on the partner's window
+(H = the cache's wav2vec2 hidden size); the other keys, the window order and the
+iterator state are exactly those of the audio pipeline with the same arguments.
 Evaluation (`make_eval_dataset`) yields whole clips in a fixed order (manifest order,
 target speaker 1 then 2), padded to a multiple of `bucket_frames`, with the true
 lengths in the length keys (`num_frames` = ground-truth frames of motion_self; the
@@ -82,10 +89,13 @@ def balance(weights: Sequence[int], parts: int) -> list[list[int]]:
 
 
 class ClipReader:
-  """Random access to decoded clips by record index. Picklable; opens files lazily."""
+  """Random access to decoded clips by record index. Picklable; opens files lazily.
 
-  def __init__(self, data_dir: str, manifest: dict[str, Any]):
-    self._paths = records.shard_paths(data_dir, manifest)
+  `features=True` reads the feature cache's records (same indices) instead."""
+
+  def __init__(self, data_dir: str, manifest: dict[str, Any], features: bool = False):
+    self._paths = (records.feature_shard_paths(data_dir, manifest) if features
+                   else records.shard_paths(data_dir, manifest))
     self._source = None
 
   def __getstate__(self):
@@ -133,33 +143,48 @@ def _pair(clip, target):
 
 
 class _Windows(grain.experimental.FlatMapTransform):
-  """_Block -> its samples, in the block's (shuffled) order."""
+  """_Block -> its samples, in the block's (shuffled) order.
+
+  `shared` None: audio windows from clip records; True/False: cached features from
+  feature records (one array per speaker, or one per encoder and speaker)."""
 
   max_fan_out = 1 << 30
 
-  def __init__(self, window_frames):
+  def __init__(self, window_frames, shared=None):
     self.w = window_frames
+    self.shared = shared
 
   def flat_map(self, block):
     w, out = self.w, []
     n_audio = np.int32(w * HOP)
     n_frames = np.int32(w)
     for cid, win, d in block.items:
-      a_s, a_o, m_s, m_o = _pair(block.clips[cid], d)
+      clip = block.clips[cid]
       f0 = win * w
-      out.append({
-          "audio_self": a_s[f0 * HOP:(f0 + w) * HOP],
-          "audio_other": a_o[f0 * HOP:(f0 + w) * HOP],
+      if self.shared is None:
+        a_s, a_o, m_s, m_o = _pair(clip, d)
+        inputs = {"audio_self": a_s[f0 * HOP:(f0 + w) * HOP], "audio_other": a_o[f0 * HOP:(f0 + w) * HOP]}
+      else:
+        s, o = (1, 2) if d == 0 else (2, 1)
+        m_s, m_o = clip[f"motion_{s}"], clip[f"motion_{o}"]
+        k_s, k_o = records.feature_keys(self.shared, d + 1)
+        inputs = {"features_self": clip[k_s][win], "features_other": clip[k_o][win]}
+      sample = {
+          **inputs,
           "motion_self": m_s[f0:f0 + w],
           "motion_other": m_o[f0:f0 + w],
-          "audio_self_lengths": n_audio,
-          "audio_other_lengths": n_audio,
+      }
+      if self.shared is None:
+        sample["audio_self_lengths"] = n_audio
+        sample["audio_other_lengths"] = n_audio
+      sample.update({
           "motion_other_lengths": n_frames,
           "num_frames": n_frames,
           "clip_id": np.int32(cid),
           "window": np.int32(win),
           "target": np.int32(d + 1),
       })
+      out.append(sample)
     return out
 
 
@@ -216,7 +241,8 @@ def make_train_dataset(data_dir: str, *, window_frames: int = 200, batch_size: i
                        worker_count: int = 0, thread_count: int = 0, prefetch: int = 2,
                        clips_per_block: int = 16, process_index: int | None = None,
                        process_count: int | None = None,
-                       malloc_tuning: bool = True) -> grain.IterDataset:
+                       malloc_tuning: bool = True, read_threads: int = 2,
+                       feature_cache: bool = False) -> grain.IterDataset:
   """Training batches (see module docstring). Iterate it; `iter(ds)` has get/set_state.
 
   `num_epochs=None` repeats forever. Prefetching: `worker_count` > 0 runs the pipeline
@@ -228,7 +254,8 @@ def make_train_dataset(data_dir: str, *, window_frames: int = 200, batch_size: i
   worker/thread counts (they interleave slices of the block sequence), so resume with
   the same counts. Process index/count default to
   `jax.process_index()/process_count()`. `malloc_tuning` calls `tune_malloc` here and
-  in the workers.
+  in the workers. `feature_cache=True` yields cached wav2vec2 features instead of audio
+  (module docstring); the data must hold a cache of `window_frames`-frame windows.
   """
   if window_frames < 1 or batch_size < 1 or clips_per_block < 1:
     raise ValueError("window_frames, batch_size and clips_per_block must be >= 1")
@@ -239,13 +266,16 @@ def make_train_dataset(data_dir: str, *, window_frames: int = 200, batch_size: i
   pi, pc = _process(process_index, process_count)
   manifest = records.load_manifest(data_dir)
   clip_ids, windows = train_clips(manifest, window_frames, pi, pc)
-  loader = _LoadBlock(ClipReader(data_dir, manifest), clip_ids, windows, clips_per_block,
-                      seed, shuffle)
+  shared = None
+  if feature_cache:
+    shared = bool(records.feature_cache_entry(data_dir, manifest, window_frames)["shared"])
+  loader = _LoadBlock(ClipReader(data_dir, manifest, features=feature_cache), clip_ids, windows,
+                      clips_per_block, seed, shuffle)
   ds = grain.MapDataset.range(loader.blocks_per_epoch).repeat(num_epochs)
   ds = ds.map_with_index(loader)
   # One reader thread, a block or two ahead: blocks are large (clips_per_block clips).
-  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=1))
-  ds = grain.experimental.FlatMapIterDataset(ds, _Windows(window_frames))
+  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=read_threads))
+  ds = grain.experimental.FlatMapIterDataset(ds, _Windows(window_frames, shared))
   ds = ds.batch(batch_size, drop_remainder=True)
   if worker_count > 0:
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count,

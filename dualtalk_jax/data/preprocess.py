@@ -29,14 +29,14 @@ options and every input file's size and mtime) is written; the manifest is writt
 A re-run reuses every shard whose sidecar fingerprint still matches, so an interrupted
 run resumes and a repeated run rebuilds nothing. Readers only trust `manifest.json`.
 
-Extension point, wav2vec2 feature cache (not implemented yet, the JAX wav2vec2 is being
-written): a `cache_wav2vec2=<checkpoint>` option would, per kept clip, run the frozen
-encoders on each normalised track, resample to the clip's T frames, and store
-`feat_1`, `feat_2` ((T, hidden) float16/float32) as extra record keys. The manifest
-would gain `feature_cache: {"checkpoint", "sha256", "layer", "dtype"}` (today always
-null), the fingerprint would include the checkpoint hash, and the pipeline would slice
-`feat_*` exactly like `motion_*` and refuse to start when the training config's encoder
-weights differ from `feature_cache`. Preprocessing must bump PREPROCESS_VERSION then.
+Optional wav2vec2 feature cache (`cache_wav2vec2=<checkpoint or HF wav2vec2 dir>`):
+after the clip shards, the frozen encoders' outputs for every training window are
+stored in sibling `features-*` shards and described by the manifest's `feature_cache`
+(null otherwise), so training with frozen encoders (`data.feature_cache`) reads features
+instead of running wav2vec2. Same idempotence: a re-run with the same weights rebuilds
+nothing, other weights rebuild the feature shards, a run without `cache_wav2vec2` keeps a
+cache that is still valid. Content, fingerprints and the refusal rule: feature_cache.py;
+layout: records.py. The clip shards do not depend on it.
 """
 
 from __future__ import annotations
@@ -246,16 +246,24 @@ def _summary(values):
 
 def preprocess(input_dir: str, output_dir: str, *, num_shards: int = 0, workers: int = 1,
                strict: bool = False, window_frames: int = 200, max_frame_mismatch: int = 1,
-               progress: bool = False) -> dict[str, Any]:
+               progress: bool = False, cache_wav2vec2: str | None = None,
+               cache_batch_size: int = 8) -> dict[str, Any]:
   """Builds (or brings up to date) `output_dir` from `input_dir`; returns the manifest.
 
   `num_shards=0` picks about 64 clips per shard. `workers>1` loads clips in that many
   processes while this one writes. See the module docstring for validation rules.
+  `cache_wav2vec2`: also build the wav2vec2 feature cache with these weights (a
+  dualtalk-jax checkpoint / training workdir, or a local HF wav2vec2 directory), running
+  the encoders on `cache_batch_size` windows per call (see feature_cache.py).
   """
   from array_record.python.array_record_module import ArrayRecordWriter
 
+  from dualtalk_jax.data import feature_cache
+
   if window_frames < 1 or max_frame_mismatch < 0:
     raise ValueError("window_frames must be >= 1 and max_frame_mismatch >= 0")
+  if cache_wav2vec2 and feature_cache.source_kind(cache_wav2vec2) is None:
+    raise PreprocessError(feature_cache.not_weights_message(cache_wav2vec2))
   input_dir = os.path.abspath(input_dir)
   files, unrecognized = scan_folder(input_dir)
   if not files:
@@ -311,7 +319,12 @@ def preprocess(input_dir: str, output_dir: str, *, num_shards: int = 0, workers:
     if pool is not None:
       pool.terminate()
       pool.join()
-  manifest = _manifest(input_dir, output_dir, plan, done, unrecognized, options)
+  if cache_wav2vec2:
+    cache = feature_cache.build(output_dir, plan, done, cache_wav2vec2, window_frames,
+                                batch_size=cache_batch_size, progress=progress)
+  else:
+    cache = feature_cache.carry_over(output_dir, plan, done)
+  manifest = _manifest(input_dir, output_dir, plan, done, unrecognized, options, cache)
   records.write_json(os.path.join(output_dir, records.MANIFEST), manifest)
   return manifest
 
@@ -354,7 +367,7 @@ def _write_shard(output_dir, fname, clips, fingerprint, results, strict, bar, wr
   return side
 
 
-def _manifest(input_dir, output_dir, plan, done, unrecognized, options):
+def _manifest(input_dir, output_dir, plan, done, unrecognized, options, feature_cache=None):
   shards, clips, skipped = [], [], []
   for fname, names, _ in plan:
     side = done[fname]
@@ -376,7 +389,7 @@ def _manifest(input_dir, output_dir, plan, done, unrecognized, options):
       "preprocessing_version": records.PREPROCESS_VERSION,
       "input_dir": input_dir,
       "options": options,
-      "feature_cache": None,
+      "feature_cache": feature_cache,
       "counts": {
           "clips_found": sum(len(p[1]) for p in plan),
           "clips_written": len(clips),
