@@ -6,6 +6,13 @@ batch; params, gradients and optimizer state are sharded by `dualtalk_jax.shardi
 Checkpoints (full state + data iterator) every `checkpoint_every` steps, asynchronous;
 a workdir that holds one resumes from the latest; SIGTERM saves and exits; a NaN/inf
 loss stops the run naming the step, leaving the last good checkpoint as it was.
+
+Frozen wav2vec2 (`optim.freeze_wav2vec2`): both encoders in eval mode, no gradient, no
+optimizer moments. `data.feature_cache` (implies it) reads the train data's wav2vec2
+feature cache instead of audio and skips the encoders; at start-up the run's encoder
+weights (after `pretrained_wav2vec2` / `init_checkpoint` loading, or as resumed) must
+have the fingerprint the cache was made with, else the run refuses to start
+(`dualtalk_jax.data.feature_cache.check_run_weights`). Validation still runs on audio.
 """
 
 from __future__ import annotations
@@ -55,10 +62,20 @@ def compute_dtype(config) -> Any:
   return jnp.dtype(name)
 
 
+def uses_feature_cache(config) -> bool:
+  return bool(config.data.get("feature_cache", False))
+
+
+def frozen_wav2vec2(config) -> bool:
+  """Frozen wav2vec2 mode: `optim.freeze_wav2vec2`, or implied by `data.feature_cache`."""
+  return bool(config.optim.get("freeze_wav2vec2", False)) or uses_feature_cache(config)
+
+
 def optim_config(config) -> step_lib.OptimConfig:
   o = config.optim
   return step_lib.OptimConfig(learning_rate=o.learning_rate, decay_rate=o.decay_rate, decay_steps=o.decay_steps,
-                              grad_clip_norm=o.grad_clip_norm, freeze_feature_extractor=o.freeze_feature_extractor)
+                              grad_clip_norm=o.grad_clip_norm, freeze_feature_extractor=o.freeze_feature_extractor,
+                              freeze_wav2vec2=frozen_wav2vec2(config))
 
 
 def initial_params(config, model_def: step_lib.ModelDef) -> dict:
@@ -153,7 +170,8 @@ def train_iterator(config) -> ShardedIterator:
           config.data.train_dir, window_frames=config.data.window_frames, batch_size=config.batch_size // shards,
           seed=config.seed, shuffle=True, num_epochs=None, worker_count=config.data.worker_count,
           thread_count=config.data.thread_count, prefetch=config.data.prefetch,
-          clips_per_block=config.data.clips_per_block, process_index=shard, process_count=shards))
+          clips_per_block=config.data.clips_per_block, process_index=shard, process_count=shards,
+          feature_cache=uses_feature_cache(config)))
       for shard in range(pi * per, (pi + 1) * per))
 
 
@@ -221,6 +239,17 @@ def validate(config, model_def, eval_step, params, mesh) -> dict[str, float]:
   return evaluate.evaluate_batches(predict_fn, ds, scores=config.data.get("eval_metrics", True))
 
 
+def check_feature_cache(config, state, cfg: DualTalkConfig) -> None:
+  """Refuses train data whose feature cache was not made with this run's encoder weights."""
+  from dualtalk_jax.data import feature_cache
+
+  enc = state["params"]["joint_encoder"]
+  host = step_lib.host_params({"params": {"joint_encoder": {k: enc[k] for k in feature_cache.ENCODERS}}})
+  cache = feature_cache.check_run_weights(config.data.train_dir, host, cfg.wav2vec2, config.data.window_frames)
+  logging.info("feature cache of %s matches the run's encoders (fingerprint %s, from %s)", config.data.train_dir,
+               cache["fingerprint"], cache["source"])
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains per `config` in `workdir` (resuming if it holds a checkpoint); returns the last metrics."""
   jax.config.update("jax_threefry_partitionable", True)
@@ -241,8 +270,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if config.batch_size % (n_proc * config.grad_accum) or (config.batch_size // config.grad_accum) % mesh.size:
     raise ValueError(f"batch_size {config.batch_size} must split over {n_proc} processes, grad_accum {config.grad_accum} "
                      f"and {mesh.size} devices")
-  model_def = step_lib.ModelDef(cfg, dtype=compute_dtype(config), remat=config.get("remat", ""))
+  model_def = step_lib.ModelDef(cfg, dtype=compute_dtype(config), remat=config.get("remat", ""),
+                                frozen_encoders=frozen_wav2vec2(config))
   ocfg = optim_config(config)
+  feature_cache = uses_feature_cache(config)
+  batch_keys = step_lib.batch_ndim(feature_cache)
   tx = step_lib.make_optimizer(ocfg, model_def.abstract_params)
   schedule = step_lib.learning_rate_schedule(ocfg)
 
@@ -259,8 +291,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state = ckpt.restore(latest, target, data_iter)
   else:
     state, _ = step_lib.init_state(model_def, tx, initial_params(config, model_def), mesh=mesh)
+  if feature_cache:
+    try:
+      check_feature_cache(config, state, cfg)
+    except BaseException:
+      ckpt.close()
+      raise
   train_step = step_lib.make_train_step(model_def, tx, seed=config.seed, grad_accum=config.grad_accum, mesh=mesh,
-                                        state_shardings=shardings)
+                                        state_shardings=shardings, feature_cache=feature_cache)
   eval_step = step_lib.make_eval_step(model_def)
 
   writer = _summary_writer(workdir)
@@ -277,7 +315,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   t0, last_log_step = time.time(), start_step
   try:
     for step in range(start_step, config.total_steps):
-      batch = sharding.shard_batch({k: v for k, v in next(data_iter).items() if k in step_lib.BATCH_NDIM}, mesh)
+      batch = sharding.shard_batch({k: v for k, v in next(data_iter).items() if k in batch_keys}, mesh)
       if flops_per_step is None:  # compile once, ahead of time, and keep its cost analysis
         train_step = train_step.lower(state, batch).compile()
         cost = train_step.cost_analysis()

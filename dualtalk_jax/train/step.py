@@ -7,6 +7,13 @@ checkpoints all address a parameter by the same path. `nnx.merge` happens only i
 the traced step. Dropout/SpecAugment/LayerDrop randomness is a pure function of
 (seed, step, micro-batch): the step reseeds the model's 'dropout' streams, so a resumed
 run draws exactly what a straight run draws.
+
+Frozen wav2vec2 mode (`ModelDef(frozen_encoders=True)` with
+`OptimConfig(freeze_wav2vec2=True)`): both encoders run in eval mode and get no gradient
+and no optimizer moments; their params stay in the tree untouched. In that mode the step
+can take cached encoder outputs instead of audio (`make_train_step(feature_cache=True)`,
+batch keys `FEATURE_BATCH_NDIM`), which gives the same loss and updates as the audio
+step without running wav2vec2.
 """
 
 from __future__ import annotations
@@ -24,14 +31,23 @@ from jax.sharding import Mesh
 
 from dualtalk_jax import checkpoint, sharding
 from dualtalk_jax.config import DualTalkConfig
-from dualtalk_jax.models.dualtalk import DualTalk, frame_mask, make_rngs
+from dualtalk_jax.models.dualtalk import DualTalk, frame_mask, freeze_audio_encoders, make_rngs
 from dualtalk_jax.train.loss import dualtalk_loss
 
 MODEL_INPUTS = ("audio_self", "audio_other", "motion_other", "audio_self_lengths", "audio_other_lengths",
                 "motion_other_lengths", "num_frames")
 BATCH_NDIM = {"audio_self": 2, "audio_other": 2, "motion_other": 3, "motion_self": 3, "audio_self_lengths": 1,
               "audio_other_lengths": 1, "motion_other_lengths": 1, "num_frames": 1}
+# Training batches with cached wav2vec2 features instead of audio (pipeline feature_cache=True).
+FEATURE_BATCH_NDIM = {"features_self": 3, "features_other": 3, "motion_other": 3, "motion_self": 3,
+                      "motion_other_lengths": 1, "num_frames": 1}
 FROZEN = re.compile(r".*\.feature_extractor\..*")  # the conv feature extractors (released: frozen)
+ENCODERS = re.compile(r"joint_encoder\.audio_encoder[12]\..*")  # frozen wav2vec2 mode
+
+
+def batch_ndim(feature_cache: bool = False) -> dict[str, int]:
+  """The train/eval step's batch keys and their ranks."""
+  return FEATURE_BATCH_NDIM if feature_cache else BATCH_NDIM
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +57,7 @@ class OptimConfig:
   decay_steps: int = 0  # ... every this many steps (50 epochs); 0 = constant
   grad_clip_norm: float = 0.0  # 0 = off (released: off)
   freeze_feature_extractor: bool = True
+  freeze_wav2vec2: bool = False  # both whole encoders frozen (no update, no moments)
 
 
 def learning_rate_schedule(cfg: OptimConfig) -> optax.Schedule:
@@ -49,28 +66,43 @@ def learning_rate_schedule(cfg: OptimConfig) -> optax.Schedule:
   return optax.exponential_decay(cfg.learning_rate, cfg.decay_steps, cfg.decay_rate, staircase=True)
 
 
-def param_labels(params) -> Any:
+def param_labels(params, *, feature_extractor: bool = True, encoders: bool = False) -> Any:
+  """"frozen" for the conv feature extractors (if `feature_extractor`) and the whole
+  wav2vec2 encoders (if `encoders`), "train" elsewhere."""
   paths = checkpoint.flatten_tree(params)
-  labels = {p: ("frozen" if FROZEN.fullmatch(".".join(p)) else "train") for p in paths}
-  return checkpoint.params_tree(labels)
+
+  def frozen(p):
+    name = ".".join(p)
+    return bool((feature_extractor and FROZEN.fullmatch(name)) or (encoders and ENCODERS.fullmatch(name)))
+
+  return checkpoint.params_tree({p: ("frozen" if frozen(p) else "train") for p in paths})
 
 
 def make_optimizer(cfg: OptimConfig, params) -> optax.GradientTransformation:
-  """Adam as released, with the conv feature extractors frozen (no update, no moments)."""
+  """Adam as released, with the conv feature extractors frozen (no update, no moments);
+  with `freeze_wav2vec2` both wav2vec2 encoders entirely."""
   parts = [optax.clip_by_global_norm(cfg.grad_clip_norm)] if cfg.grad_clip_norm > 0 else []
   adam = optax.chain(*parts, optax.adam(learning_rate_schedule(cfg)))
-  if not cfg.freeze_feature_extractor:
+  if not (cfg.freeze_feature_extractor or cfg.freeze_wav2vec2):
     return adam
-  return optax.multi_transform({"train": adam, "frozen": optax.set_to_zero()}, param_labels(params))
+  labels = param_labels(params, feature_extractor=cfg.freeze_feature_extractor, encoders=cfg.freeze_wav2vec2)
+  return optax.multi_transform({"train": adam, "frozen": optax.set_to_zero()}, labels)
 
 
 class ModelDef:
-  """A DualTalk graph split from its params, for use inside traced functions."""
+  """A DualTalk graph split from its params, for use inside traced functions.
 
-  def __init__(self, cfg: DualTalkConfig, *, dtype=jnp.float32, remat: str = ""):
+  `frozen_encoders`: the training graph runs both wav2vec2 encoders in eval mode with no
+  gradient (`dualtalk.freeze_audio_encoders`); pair it with `freeze_wav2vec2` in the
+  optimizer."""
+
+  def __init__(self, cfg: DualTalkConfig, *, dtype=jnp.float32, remat: str = "", frozen_encoders: bool = False):
     model = nnx.eval_shape(lambda: DualTalk(cfg, rngs=make_rngs(0), dtype=dtype, remat=remat))
     self.config = cfg
+    self.frozen_encoders = frozen_encoders
     model.train()
+    if frozen_encoders:
+      freeze_audio_encoders(model)
     self.train_graph, abstract, self.rest = nnx.split(model, nnx.Param, ...)
     model.eval()
     self.eval_graph, _, _ = nnx.split(model, nnx.Param, ...)
@@ -94,6 +126,10 @@ class ModelDef:
 
 
 def forward(model: DualTalk, batch: dict, max_frames: int):
+  if "features_self" in batch:
+    return model(None, None, batch["motion_other"], features_self=batch["features_self"],
+                 features_other=batch["features_other"], motion_other_lengths=batch["motion_other_lengths"],
+                 num_frames=batch["num_frames"], max_frames=max_frames)
   return model(*(batch[k] for k in MODEL_INPUTS[:3]),
                audio_self_lengths=batch["audio_self_lengths"], audio_other_lengths=batch["audio_other_lengths"],
                motion_other_lengths=batch["motion_other_lengths"], num_frames=batch["num_frames"], max_frames=max_frames)
@@ -107,13 +143,18 @@ def batch_loss(model: DualTalk, batch: dict):
 
 
 def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, *, seed: int, grad_accum: int = 1,
-                    mesh: Mesh | None = None, state_shardings=None) -> Callable:
+                    mesh: Mesh | None = None, state_shardings=None, feature_cache: bool = False) -> Callable:
   """jit(state, batch) -> (state, metrics), with state = {'step', 'params', 'opt_state'}.
 
   The global batch is split into `grad_accum` micro-batches whose gradients are averaged
   (a scan, so memory is that of one micro-batch). With a mesh, the step has explicit
-  in/out shardings and donates the old state.
+  in/out shardings and donates the old state. `feature_cache`: batches hold cached
+  wav2vec2 features (`FEATURE_BATCH_NDIM`) instead of audio; needs a frozen-encoder
+  `model_def`.
   """
+  if feature_cache and not model_def.frozen_encoders:
+    raise ValueError("cached wav2vec2 features need the frozen wav2vec2 mode (ModelDef(frozen_encoders=True))")
+  keys = batch_ndim(feature_cache)
   base_key = jax.random.key(seed)
 
   def micro_loss(params, micro, key):
@@ -126,7 +167,7 @@ def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, *, se
   def step_fn(state, batch):
     step = state["step"]
     key = jax.random.fold_in(base_key, step)
-    batch = {k: batch[k] for k in BATCH_NDIM}
+    batch = {k: batch[k] for k in keys}
     if grad_accum == 1:
       (loss, parts), grads = grad_fn(state["params"], batch, jax.random.fold_in(key, 0))
     else:
@@ -148,7 +189,7 @@ def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, *, se
 
   if mesh is None:
     return jax.jit(step_fn, donate_argnums=0)
-  batch_sh = {k: sharding.batch_sharding(mesh, n) for k, n in BATCH_NDIM.items()}
+  batch_sh = {k: sharding.batch_sharding(mesh, n) for k, n in keys.items()}
   return jax.jit(step_fn, in_shardings=(state_shardings, batch_sh), out_shardings=(state_shardings, sharding.replicated(mesh)),
                  donate_argnums=0)
 

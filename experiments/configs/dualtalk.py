@@ -9,6 +9,12 @@ conv feature extractors, the wav2vec2 dropouts/SpecAugment/LayerDrop of its conf
 dropout 0.1 in the transformer layers and 0.5 after the interaction self-attention.
 `steps_per_epoch` turns epochs into steps: set it to your split's
 `samples_per_epoch / batch_size` (the full DualTalk train split: about 3,300 steps).
+
+Frozen wav2vec2 (not the released recipe, off by default): `optim.freeze_wav2vec2=True`
+runs both encoders in eval mode without gradients or optimizer state;
+`data.feature_cache=True` (implies it) reads their outputs from the train data's feature
+cache (`experiments.preprocess --cache_wav2vec2=<the weights the run starts from>`)
+instead of running wav2vec2, and refuses a cache made with other weights.
 """
 
 import ml_collections
@@ -43,6 +49,7 @@ def get_config(arg: str = "large") -> ml_collections.ConfigDict:
   c.optim.decay_steps = c.get_ref("steps_per_epoch") * 50
   c.optim.grad_clip_norm = 0.0
   c.optim.freeze_feature_extractor = True
+  c.optim.freeze_wav2vec2 = False  # frozen wav2vec2 mode: both encoders in eval mode, no gradient, no moments
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1
@@ -58,6 +65,7 @@ def get_config(arg: str = "large") -> ml_collections.ConfigDict:
   c.data.thread_count = 2
   c.data.prefetch = 2
   c.data.clips_per_block = 16
+  c.data.feature_cache = False  # read cached wav2vec2 features instead of audio (implies optim.freeze_wav2vec2)
   c.data.eval_batch_size = 8
   c.data.eval_bucket_frames = 250
 
