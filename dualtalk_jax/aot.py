@@ -243,6 +243,24 @@ TABLE_HEADER = ("| slice (topology) | HBM/chip | compute | remat | fits | total/
                 "TFLOP/step | compile |\n|---|---|---|---|---|---|---|---|---|---|")
 
 
+def merge_table(text: str, head: str, rows: Sequence[str]) -> str:
+  """Puts `rows` into the markdown table of `text` (a file written by `--table`, or "").
+
+  A row replaces the existing one for the same slice, compute dtype and remat; other rows
+  and any text after the table (notes) are kept, so separate runs add up to one table.
+  The heading paragraph is replaced by `head`.
+  """
+  key = lambda row: tuple(c.strip() for c in row.strip().strip("|").split("|")[:4])
+  lines = text.splitlines()
+  old = [l for l in lines if l.startswith("| ") and not l.startswith("| slice")]
+  last = max((i for i, l in enumerate(lines) if l.startswith("|")), default=-1)
+  tail = "\n".join(lines[last + 1:]).strip("\n") if last >= 0 else ""
+  merged = {key(r): r for r in old}
+  merged.update({key(r): r for r in rows})
+  out = head + TABLE_HEADER + "\n" + "\n".join(merged.values()) + "\n"
+  return out + ("\n" + tail + "\n" if tail else "")
+
+
 def table_row(r: Result) -> str:
   s = r.train
   return (f"| {r.slice} (`{r.topology}`) | {r.hbm_bytes / GiB:.0f} GiB | {r.compute_dtype} | {r.remat or 'off'} | "

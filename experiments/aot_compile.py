@@ -7,8 +7,8 @@ Needs libtpu (`pip install -r requirements-tpu.txt`); no TPU, data or weights. P
 chip, the compiler's argument/output/temporary/total memory against the chip's HBM, the
 FLOPs per step, and the step time and MFU at `--efficiency` of the chip's peak. Exits 1
 when a step does not fit. `--table=FILE` instead compiles the train step of the config
-for every `--topology` (comma-separated) x `--dtypes` x `--remats` and writes a markdown
-table (e.g. docs/aot_table.md).
+for every `--topology` (comma-separated) x `--dtypes` x `--remats` and merges the rows
+into a markdown table (e.g. docs/aot_table.md; rows of other runs and notes are kept).
 """
 
 import os
@@ -36,8 +36,9 @@ def _table(config) -> None:
   from dualtalk_jax import aot
 
   c = config
-  args = " ".join(a for a in sys.argv[1:] if not a.startswith("--table"))
-  head = (f"Train step of `python -m experiments.aot_compile {args}` compiled ahead of time "
+  args = " ".join(a for a in sys.argv[1:] if not a.startswith(("--table", "--topology", "--dtypes", "--remats")))
+  head = (f"Train step of `python -m experiments.aot_compile {args} --topology=... --dtypes=... --remats=... "
+          f"--table={_TABLE.value}` compiled ahead of time "
           f"(jax {jax.__version__}, libtpu): model `{c.model}`, global batch {c.batch_size} x "
           f"{c.data.window_frames} frames, grad_accum {c.grad_accum}, mesh data={c.mesh.data} fsdp={c.mesh.fsdp}. "
           "Memory is per chip, from XLA's memory analysis (arguments + outputs - donated + temporaries + code); "
@@ -55,8 +56,13 @@ def _table(config) -> None:
           flops_no_remat[(topo, dtype)] = r.train.flops
         print(aot.format_result(r, model_flops), flush=True)
         rows.append(aot.table_row(r))
-        with open(_TABLE.value, "w") as f:  # rewritten after every row: a long run keeps what it has
-          f.write(head + aot.TABLE_HEADER + "\n" + "\n".join(rows) + "\n")
+        # Merged into the file after every row: a long run keeps what it has, and
+        # separate runs (one topology or dtype at a time) add up to one table.
+        text = open(_TABLE.value).read() if os.path.exists(_TABLE.value) else ""
+        tmp = f"{_TABLE.value}.tmp"
+        with open(tmp, "w") as f:
+          f.write(aot.merge_table(text, head, rows))
+        os.replace(tmp, _TABLE.value)
   print(f"wrote {_TABLE.value}")
 
 

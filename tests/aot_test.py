@@ -81,3 +81,19 @@ def test_remat_gives_the_same_loss_and_gradients():
   np.testing.assert_allclose(float(l1), float(l0), rtol=1e-6)
   assert float(optax.tree.norm(g0)) > 0
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), g1, g0)
+
+
+def test_table_rows_merge_across_runs():
+  row = lambda topo, dtype, remat, total: (f"| v5litepod-16 (`{topo}`) | 16 GiB | {dtype} | {remat} | yes | {total} | "
+                                           "1 GiB | 1 GiB | 1.0 | 1 s |")
+  first = aot.merge_table("", "head 1\n\n", [row("v5e:4x4", "float32", "off", "9 GiB")])
+  first += "\nA note written by hand.\n"
+  merged = aot.merge_table(first, "head 2\n\n", [row("v5e:4x4", "bfloat16", "off", "5 GiB"),
+                                                 row("v5e:4x4", "float32", "off", "8 GiB")])
+  lines = merged.splitlines()
+  assert lines[0] == "head 2"
+  body = [l for l in lines if l.startswith("| v5")]
+  assert len(body) == 2  # the float32 row was replaced, the bfloat16 one added
+  assert "8 GiB" in body[0] and "bfloat16" in body[1]
+  assert merged.rstrip().endswith("A note written by hand.")
+  assert merged.count("| slice (topology)") == 1
