@@ -71,9 +71,9 @@ def make_identities(seed: int, num_identities: int) -> list[Identity]:
     out.append(Identity(
         f0=float(rng.uniform(95, 240)),
         jaw_gain=float(rng.uniform(0.15, 0.3)),
-        exp_offset=(0.3 * rng.standard_normal(50)).astype(np.float32),
-        neck_offset=(0.05 * rng.standard_normal(3)).astype(np.float32),
-        listen_dir=(0.6 * listen / np.linalg.norm(listen)).astype(np.float32),
+        exp_offset=(0.08 * rng.standard_normal(50)).astype(np.float32),
+        neck_offset=(0.02 * rng.standard_normal(3)).astype(np.float32),
+        listen_dir=(1.5 * listen / np.linalg.norm(listen)).astype(np.float32),
         shape=(0.5 * rng.standard_normal(100)).astype(np.float32),
     ))
   return out
