@@ -162,13 +162,18 @@ def load_manifest(data_dir: str) -> dict[str, Any]:
   if v != PREPROCESS_VERSION:
     raise DataError(f"{path}: preprocessing version {v!r}, this code reads "
                     f"{PREPROCESS_VERSION!r}; re-run preprocessing")
-  for s in m["shards"]:
+  _check_files(data_dir, m["shards"], "shard")
+  return m
+
+
+def _check_files(data_dir: str, shards: list[dict[str, Any]], what: str) -> None:
+  """Every listed file is present and has the size the manifest records."""
+  for s in shards:
     p = os.path.join(data_dir, s["file"])
     if not os.path.exists(p):
-      raise DataError(f"{p}: shard listed in the manifest is missing")
+      raise DataError(f"{p}: {what} listed in the manifest is missing")
     if os.path.getsize(p) != s["bytes"]:
       raise DataError(f"{p}: {os.path.getsize(p)} bytes, the manifest says {s['bytes']}")
-  return m
 
 
 def shard_paths(data_dir: str, manifest: dict[str, Any]) -> list[str]:
@@ -193,12 +198,7 @@ def feature_cache_entry(data_dir: str, manifest: dict[str, Any], window_frames: 
   if [(s["clip_shard"], s["num_records"]) for s in cache["shards"]] != [
       (s["file"], s["num_records"]) for s in manifest["shards"]]:
     raise DataError(f"{path}: the feature shards do not match the clip shards; re-run preprocessing")
-  for s in cache["shards"]:
-    p = os.path.join(data_dir, s["file"])
-    if not os.path.exists(p):
-      raise DataError(f"{p}: feature shard listed in the manifest is missing")
-    if os.path.getsize(p) != s["bytes"]:
-      raise DataError(f"{p}: {os.path.getsize(p)} bytes, the manifest says {s['bytes']}")
+  _check_files(data_dir, cache["shards"], "feature shard")
   return cache
 
 
