@@ -96,14 +96,20 @@ def get_topology(topology_name: str, *, num_slices: int = 1, chips_per_host_boun
                                       chips_per_host_bounds=tuple(chips_per_host_bounds), num_slices=num_slices)
 
 
-def abstract_batch(mesh, batch_size: int, window_frames: int) -> dict[str, jax.ShapeDtypeStruct]:
-  """The training batch (`data.pipeline` keys, shapes and dtypes) as sharded shapes."""
+def abstract_batch(mesh, batch_size: int, window_frames: int,
+                   features_hidden: int | None = None) -> dict[str, jax.ShapeDtypeStruct]:
+  """The training batch (`data.pipeline` keys, shapes and dtypes) as sharded shapes.
+
+  With `features_hidden`, the feature-cache batch (cached wav2vec2 outputs, no audio)."""
   a, f = window_frames * 640, window_frames
-  shapes = {"audio_self": ((batch_size, a), jnp.float32), "audio_other": ((batch_size, a), jnp.float32),
-            "motion_self": ((batch_size, f, 56), jnp.float32), "motion_other": ((batch_size, f, 56), jnp.float32),
-            "audio_self_lengths": ((batch_size,), jnp.int32), "audio_other_lengths": ((batch_size,), jnp.int32),
+  shapes = {"motion_self": ((batch_size, f, 56), jnp.float32), "motion_other": ((batch_size, f, 56), jnp.float32),
             "motion_other_lengths": ((batch_size,), jnp.int32), "num_frames": ((batch_size,), jnp.int32)}
-  assert set(shapes) == set(step_lib.BATCH_NDIM)
+  if features_hidden:
+    shapes.update({k: ((batch_size, f, features_hidden), jnp.float32) for k in ("features_self", "features_other")})
+  else:
+    shapes.update({"audio_self": ((batch_size, a), jnp.float32), "audio_other": ((batch_size, a), jnp.float32),
+                   "audio_self_lengths": ((batch_size,), jnp.int32), "audio_other_lengths": ((batch_size,), jnp.int32)})
+  assert set(shapes) == set(step_lib.batch_ndim(bool(features_hidden)))
   return {k: jax.ShapeDtypeStruct(s, d, sharding=sharding.batch_sharding(mesh, len(s))) for k, (s, d) in shapes.items()}
 
 
@@ -173,17 +179,22 @@ def build(config: ml_collections.ConfigDict, devices) -> tuple[Any, ...]:
   if config.batch_size % config.grad_accum or (config.batch_size // config.grad_accum) % mesh.size:
     raise ValueError(f"batch_size {config.batch_size} must split over grad_accum {config.grad_accum} and "
                      f"{mesh.size} devices")
-  model_def = step_lib.ModelDef(cfg, dtype=loop.compute_dtype(config), remat=config.get("remat", ""))
+  model_def = step_lib.ModelDef(cfg, dtype=loop.compute_dtype(config), remat=config.get("remat", ""),
+                                frozen_encoders=loop.frozen_wav2vec2(config))
   tx = step_lib.make_optimizer(loop.optim_config(config), model_def.abstract_params)
   abstract_state = jax.eval_shape(lambda p: {"step": jnp.zeros((), jnp.int32), "params": p, "opt_state": tx.init(p)},
                                   model_def.abstract_params)
   shardings = step_lib.state_shardings(abstract_state, mesh)
   state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings)
+  cached = loop.uses_feature_cache(config)
   train_step = step_lib.make_train_step(model_def, tx, seed=config.seed, grad_accum=config.grad_accum, mesh=mesh,
-                                        state_shardings=shardings)
+                                        state_shardings=shardings, feature_cache=cached)
   eval_step = step_lib.make_eval_step(model_def, mesh=mesh, param_shardings=shardings["params"])
-  batch = abstract_batch(mesh, config.batch_size, config.data.window_frames)
-  return mesh, train_step, eval_step, state, batch
+  batch = abstract_batch(mesh, config.batch_size, config.data.window_frames,
+                         cfg.wav2vec2.hidden_size if cached else None)
+  # Prediction (validation, inference) always runs on audio.
+  eval_batch = abstract_batch(mesh, config.batch_size, config.data.window_frames) if cached else batch
+  return mesh, train_step, eval_step, state, batch, eval_batch
 
 
 def compile_steps(config: ml_collections.ConfigDict, topology_name: str, *, efficiency: float = 0.5,
@@ -192,7 +203,7 @@ def compile_steps(config: ml_collections.ConfigDict, topology_name: str, *, effi
   jax.config.update("jax_threefry_partitionable", True)
   topo = get_topology(topology_name, num_slices=num_slices)
   devices = topo.devices
-  mesh, train_step, eval_step, state, batch = build(config, devices)
+  mesh, train_step, eval_step, state, batch, eval_batch = build(config, devices)
   log(f"{topology_name}: {len(devices)} x {devices[0].device_kind}, mesh {dict(mesh.shape)}, "
       f"{config.compute_dtype}, remat={config.get('remat', '') or 'off'}: compiling the train step")
   t = time.time()
@@ -201,7 +212,7 @@ def compile_steps(config: ml_collections.ConfigDict, topology_name: str, *, effi
   log(f"  train step compiled in {steps[0].compile_s:.0f} s")
   if predict:
     t = time.time()
-    compiled = eval_step.lower(state["params"], batch).compile()
+    compiled = eval_step.lower(state["params"], eval_batch).compile()
     steps.append(_report("predict", compiled, time.time() - t))
     log(f"  prediction step compiled in {steps[1].compile_s:.0f} s")
   chip = chip_of(topology_name)

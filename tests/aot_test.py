@@ -97,3 +97,16 @@ def test_table_rows_merge_across_runs():
   assert "8 GiB" in body[0] and "bfloat16" in body[1]
   assert merged.rstrip().endswith("A note written by hand.")
   assert merged.count("| slice (topology)") == 1
+
+
+def test_feature_cache_config_builds_the_cached_train_step():
+  """A `data.feature_cache` config compiles the step training runs: features in, no audio."""
+  c = dualtalk_configs.get_config("large")
+  c.model, c.batch_size, c.data.window_frames, c.data.feature_cache = "tiny", 8, 10, True
+  mesh, train_step, eval_step, state, batch, eval_batch = aot.build(c, jax.devices())
+  hidden = CONFIGS["tiny"].wav2vec2.hidden_size
+  assert batch["features_self"].shape == (8, 10, hidden) and "audio_self" not in batch
+  assert "audio_self" in eval_batch  # prediction always runs on audio
+  out_state, metrics = jax.eval_shape(train_step, state, batch)
+  assert metrics["loss"].shape == () and out_state["step"].shape == ()
+  assert jax.eval_shape(eval_step, state["params"], eval_batch).shape == (8, 10, 56)
