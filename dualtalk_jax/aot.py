@@ -179,8 +179,7 @@ def build(config: ml_collections.ConfigDict, devices) -> tuple[Any, ...]:
   if config.batch_size % config.grad_accum or (config.batch_size // config.grad_accum) % mesh.size:
     raise ValueError(f"batch_size {config.batch_size} must split over grad_accum {config.grad_accum} and "
                      f"{mesh.size} devices")
-  model_def = step_lib.ModelDef(cfg, dtype=loop.compute_dtype(config), remat=config.get("remat", ""),
-                                frozen_encoders=loop.frozen_wav2vec2(config))
+  model_def = loop.make_model_def(config, cfg)
   tx = step_lib.make_optimizer(loop.optim_config(config), model_def.abstract_params)
   abstract_state = jax.eval_shape(lambda p: {"step": jnp.zeros((), jnp.int32), "params": p, "opt_state": tx.init(p)},
                                   model_def.abstract_params)

@@ -71,6 +71,12 @@ def frozen_wav2vec2(config) -> bool:
   return bool(config.optim.get("freeze_wav2vec2", False)) or uses_feature_cache(config)
 
 
+def make_model_def(config, cfg: DualTalkConfig) -> step_lib.ModelDef:
+  """The model graph a run of `config` trains (dtype, remat, frozen wav2vec2); shared with `aot`."""
+  return step_lib.ModelDef(cfg, dtype=compute_dtype(config), remat=config.get("remat", ""),
+                           frozen_encoders=frozen_wav2vec2(config))
+
+
 def optim_config(config) -> step_lib.OptimConfig:
   o = config.optim
   return step_lib.OptimConfig(learning_rate=o.learning_rate, decay_rate=o.decay_rate, decay_steps=o.decay_steps,
@@ -270,8 +276,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if config.batch_size % (n_proc * config.grad_accum) or (config.batch_size // config.grad_accum) % mesh.size:
     raise ValueError(f"batch_size {config.batch_size} must split over {n_proc} processes, grad_accum {config.grad_accum} "
                      f"and {mesh.size} devices")
-  model_def = step_lib.ModelDef(cfg, dtype=compute_dtype(config), remat=config.get("remat", ""),
-                                frozen_encoders=frozen_wav2vec2(config))
+  model_def = make_model_def(config, cfg)
   ocfg = optim_config(config)
   feature_cache = uses_feature_cache(config)
   batch_keys = step_lib.batch_ndim(feature_cache)
