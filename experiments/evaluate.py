@@ -10,7 +10,9 @@ r"""Scores predictions of a DualTalk split with the paper's metrics (released `m
 (an orbax checkpoint directory, a training workdir, or a released-layout torch file)
 predictions go to `--pred_dir`, else to `<output stem>_predictions/` beside the output.
 Writes `--output` (JSON: the released keys, means over files) and
-`<output stem>_per_file.csv` (every file's values).
+`<output stem>_per_file.csv` (every file's values). On CPU the metric kernels' XLA compiles
+(one per padded length) dominate a one-off run; `--compilation_cache_dir` keeps them for the
+next run.
 """
 
 from __future__ import annotations
@@ -30,11 +32,20 @@ _WAV2VEC2_CONFIG = flags.DEFINE_string("wav2vec2_config", None, "A HF wav2vec2 c
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Clips per prediction batch.")
 _BUCKET_SECONDS = flags.DEFINE_float("bucket_seconds", 2.0, "Audio is padded to a multiple of this (one compile per bucket).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the random steps (diversity pairs, k-means init).")
+_COMPILATION_CACHE_DIR = flags.DEFINE_string(
+    "compilation_cache_dir", None,
+    "Keep XLA executables here (jax persistent compilation cache): a re-run skips the metric "
+    "kernels' compiles (500 files on a 2-core CPU: 67 s of compile -> 10 s of tracing).")
 
 
 def main(argv):
   del argv
   from dualtalk_jax.eval import evaluate, predict
+
+  if _COMPILATION_CACHE_DIR.value:
+    import jax
+    jax.config.update("jax_compilation_cache_dir", _COMPILATION_CACHE_DIR.value)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
   start = time.time()
   try:

@@ -187,7 +187,9 @@ def test_cli_predicts_and_scores(split, tiny_ckpt, tmp_path):
   assert (tmp_path / "metrics_per_file.csv").exists()
   # scoring the same folder again gives the same numbers
   r = subprocess.run([sys.executable, "-m", "experiments.evaluate", f"--data_dir={split}",
-                      f"--pred_dir={tmp_path / 'metrics_predictions'}", f"--output={tmp_path / 'again.json'}"],
+                      f"--pred_dir={tmp_path / 'metrics_predictions'}", f"--output={tmp_path / 'again.json'}",
+                      f"--compilation_cache_dir={tmp_path / 'xla_cache'}"],
                      cwd=ROOT, capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert r.returncode == 0, r.stderr[-2000:]
   assert json.loads((tmp_path / "again.json").read_text()) == js
+  assert os.listdir(tmp_path / "xla_cache")  # the metric kernels' executables were kept
