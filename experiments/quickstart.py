@@ -27,6 +27,9 @@ def main(argv):
         f" ({mse['baseline_all'] / max(mse['model_all'], 1e-12):.2f}x lower)")
   for g in ("exp", "jaw", "neck"):
     print(f"    {g:5s} model {mse[f'model_{g}']:.5f}  baseline {mse[f'baseline_{g}']:.5f}")
+  print(f"  (model in {r['eval_window_seconds']:g} s windows, the training length, as `infer --window_seconds` runs; "
+        f"one pass over each whole clip: {mse['model_whole_all']:.5f}, "
+        f"{mse['baseline_all'] / max(mse['model_whole_all'], 1e-12):.2f}x lower)")
   for key in ("checkpoints", "predictions", "plot", "pytorch_checkpoint"):
     if key in r:
       print(f"  {key:19s} {r[key]}")

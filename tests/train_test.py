@@ -214,7 +214,7 @@ def test_quickstart_runs_end_to_end(tmp_path):
   r = qs.run(str(tmp_path / "qs"), total_steps=3, checkpoint_every=3, eval_every=3, progress_bar=False,
              **{"synthetic.num_train_clips": 3, "synthetic.num_val_clips": 2, "synthetic.min_seconds": 4.0,
                 "synthetic.max_seconds": 5.0, "data.window_frames": 25, "data.thread_count": 0})
-  assert np.isfinite(r["mse"]["model_all"]) and r["mse"]["baseline_all"] > 0
+  assert np.isfinite(r["mse"]["model_all"]) and np.isfinite(r["mse"]["model_whole_all"]) and r["mse"]["baseline_all"] > 0
   assert len(list(pathlib.Path(r["predictions"]).glob("synth_*_speaker[12].npy"))) == 4  # 2 clips x 2 directions
   assert pathlib.Path(r["plot"]).stat().st_size > 0
   assert pathlib.Path(r["pytorch_checkpoint"]).stat().st_size > 0

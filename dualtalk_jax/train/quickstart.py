@@ -2,8 +2,9 @@
 
 `run(workdir)` synthesizes a small train and a held-out set of conversations
 (`dualtalk_jax/data/synthetic.py`), preprocesses them into ArrayRecord shards, trains
-the tiny config for a few minutes, predicts every held-out clip in both directions and
-scores it against a mean-pose baseline (the per-dimension mean of the training motion,
+the tiny config for a few minutes, predicts every held-out clip in both directions (in
+windows of the training length, and in one whole-clip pass) and scores it against a
+mean-pose baseline (the per-dimension mean of the training motion,
 the best constant prediction), then writes predictions, a plot and the checkpoint
 exported to PyTorch. Everything lands in the workdir; re-running resumes or reuses.
 """
@@ -19,7 +20,7 @@ import numpy as np
 
 from dualtalk_jax.data import pipeline, records
 from dualtalk_jax.eval import evaluate
-from dualtalk_jax.train import loop, step as step_lib
+from dualtalk_jax.train import loop
 from dualtalk_jax.train.loss import GROUPS
 from experiments.configs import quickstart as quickstart_config
 
@@ -37,32 +38,42 @@ def mean_pose(train_dir: str) -> np.ndarray:
 
 
 def evaluate_against_baseline(config, out: dict[str, Any], pred_dir: str) -> dict[str, float]:
-  """Predicts held-out clips, writes `<clip>_speakerK.npy`, and scores model vs mean pose (MSE per group)."""
-  model_def = out["model_def"]
-  params = out["state"]["params"]
-  eval_step = step_lib.make_eval_step(model_def)
+  """Predicts every held-out clip in both directions and scores model vs mean pose (MSE per group).
+
+  The model runs as `experiments.infer --window_seconds=S` does, in crossfaded windows of the
+  training length (S = `config.eval_window_seconds`); those predictions are written as
+  `<clip>_speakerK.npy` and scored as `model_*`. One pass over each whole clip (the released
+  behaviour, `--window_seconds=0`) is scored too, as `model_whole_*`: a model trained on 2 s
+  windows whose interaction self-attention has no residual does worse on 8-14 s sequences.
+  """
+  from dualtalk_jax.eval import predict
+
+  model = out["model_def"].merge(out["state"]["params"], train=False)
   base = mean_pose(config.data.train_dir)
+  window = float(config.get("eval_window_seconds", 0.0))
   manifest = records.load_manifest(config.data.val_dir)
-  names = {c["record_index"]: c["name"] for c in manifest["clips"]}
-  sums = {f"{who}_{g}": 0.0 for who in ("model", "baseline") for g in list(GROUPS) + ["all"]}
-  counts = {g: 0 for g in list(GROUPS) + ["all"]}
+  reader = pipeline.ClipReader(config.data.val_dir, manifest)
+  clips, targets = [], []
+  for c in manifest["clips"]:
+    rec = reader(c["record_index"])
+    for me, other in ((1, 2), (2, 1)):
+      clips.append(predict.Clip(rec[f"audio_{me}"], rec[f"audio_{other}"], rec[f"motion_{other}"],
+                                f"{c['name']}_speaker{me}"))
+      targets.append(rec[f"motion_{me}"])
+  whole = predict.predict_clips(model, clips, batch_size=config.data.eval_batch_size, bucket_seconds=8.0)
   os.makedirs(pred_dir, exist_ok=True)
-  ds = pipeline.make_eval_dataset(config.data.val_dir, batch_size=config.data.eval_batch_size,
-                                  bucket_frames=config.data.eval_bucket_frames)
-  for batch in ds:
-    inputs = {k: batch[k] for k in step_lib.BATCH_NDIM}
-    inputs["num_frames"] = evaluate.model_frames(batch)  # the model's own T, from the audio length
-    pred = np.asarray(eval_step(params, inputs))
-    for i in np.flatnonzero(batch["valid"]):
-      n = int(min(inputs["num_frames"][i], batch["num_frames"][i]))  # common length with the ground truth
-      p, gt = pred[i, :n], batch["motion_self"][i, :n]
-      name = f"{names[int(batch['clip_id'][i])]}_speaker{int(batch['target'][i])}.npy"
-      evaluate.save_npy(os.path.join(pred_dir, name), pred[i, : inputs["num_frames"][i]])
-      for g, s in list(GROUPS.items()) + [("all", slice(0, 56))]:
-        sums[f"model_{g}"] += float(np.sum((p[:, s] - gt[:, s]) ** 2))
-        sums[f"baseline_{g}"] += float(np.sum((base[s] - gt[:, s]) ** 2))
-        counts[g] += gt[:, s].size
-  return {k: v / max(counts[k.split("_", 1)[1]], 1) for k, v in sums.items()}
+  groups = list(GROUPS.items()) + [("all", slice(0, 56))]
+  sums = {f"{who}_{g}": 0.0 for who in ("model", "model_whole", "baseline") for g, _ in groups}
+  counts = {g: 0 for g, _ in groups}
+  for clip, gt, p_whole in zip(clips, targets, whole):
+    p = predict.predict_windowed(model, clip, window_seconds=window, overlap_seconds=window / 4)
+    evaluate.save_npy(os.path.join(pred_dir, clip.name + ".npy"), p)
+    n = min(len(p), len(gt))  # common length with the ground truth
+    for g, s in groups:
+      for who, x in (("model", p[:n]), ("model_whole", p_whole[:n]), ("baseline", base)):
+        sums[f"{who}_{g}"] += float(np.sum((x[..., s] - gt[:n, s]) ** 2))
+      counts[g] += gt[:n, s].size
+  return {k: v / max(counts[k.rsplit("_", 1)[1]], 1) for k, v in sums.items()}
 
 
 def run(workdir: str, **overrides) -> dict[str, Any]:
@@ -78,6 +89,7 @@ def run(workdir: str, **overrides) -> dict[str, Any]:
   pred_dir = os.path.join(workdir, "predictions")
   scores = evaluate_against_baseline(config, out, pred_dir)
   result["mse"] = scores
+  result["eval_window_seconds"] = float(config.get("eval_window_seconds", 0.0))
   result["predictions"] = pred_dir
   try:  # torch is optional at run time (requirements-test.txt); safetensors needs no torch
     import torch  # noqa: F401
