@@ -258,16 +258,26 @@ def merge_table(text: str, head: str, rows: Sequence[str]) -> str:
 
   A row replaces the existing one for the same slice, compute dtype and remat; other rows
   and any text after the table (notes) are kept, so separate runs add up to one table.
+  Rows are ordered by HBM per chip, slice, dtype (float32 first) and remat (off first).
   The heading paragraph is replaced by `head`.
   """
   key = lambda row: tuple(c.strip() for c in row.strip().strip("|").split("|")[:4])
+
+  def order(row):
+    sl, hbm, dtype, remat = key(row)
+    try:
+      gib = float(hbm.split()[0])
+    except (ValueError, IndexError):
+      gib = float("inf")
+    return gib, sl, dtype != "float32", remat != "off", remat
+
   lines = text.splitlines()
   old = [l for l in lines if l.startswith("| ") and not l.startswith("| slice")]
   last = max((i for i, l in enumerate(lines) if l.startswith("|")), default=-1)
   tail = "\n".join(lines[last + 1:]).strip("\n") if last >= 0 else ""
   merged = {key(r): r for r in old}
   merged.update({key(r): r for r in rows})
-  out = head + TABLE_HEADER + "\n" + "\n".join(merged.values()) + "\n"
+  out = head + TABLE_HEADER + "\n" + "\n".join(sorted(merged.values(), key=order)) + "\n"
   return out + ("\n" + tail + "\n" if tail else "")
 
 

@@ -86,15 +86,17 @@ def test_remat_gives_the_same_loss_and_gradients():
 def test_table_rows_merge_across_runs():
   row = lambda topo, dtype, remat, total: (f"| v5litepod-16 (`{topo}`) | 16 GiB | {dtype} | {remat} | yes | {total} | "
                                            "1 GiB | 1 GiB | 1.0 | 1 s |")
-  first = aot.merge_table("", "head 1\n\n", [row("v5e:4x4", "float32", "off", "9 GiB")])
+  v4 = "| v4-32 (`v4:2x2x4`) | 32 GiB | float32 | off | yes | 9 GiB | 1 GiB | 1 GiB | 1.0 | 1 s |"
+  first = aot.merge_table("", "head 1\n\n", [v4, row("v5e:4x4", "float32", "off", "9 GiB")])
   first += "\nA note written by hand.\n"
   merged = aot.merge_table(first, "head 2\n\n", [row("v5e:4x4", "bfloat16", "off", "5 GiB"),
                                                  row("v5e:4x4", "float32", "off", "8 GiB")])
   lines = merged.splitlines()
   assert lines[0] == "head 2"
-  body = [l for l in lines if l.startswith("| v5")]
-  assert len(body) == 2  # the float32 row was replaced, the bfloat16 one added
-  assert "8 GiB" in body[0] and "bfloat16" in body[1]
+  body = [l for l in lines if l.startswith("| v")]
+  assert len(body) == 3  # the float32 row was replaced, the bfloat16 one added
+  # ordered by HBM per chip, then float32 before bfloat16
+  assert "8 GiB" in body[0] and "bfloat16" in body[1] and body[2] == v4
   assert merged.rstrip().endswith("A note written by hand.")
   assert merged.count("| slice (topology)") == 1
 
