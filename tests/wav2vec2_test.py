@@ -274,6 +274,28 @@ def test_feature_extractor_gets_zero_gradient():
     assert np.abs(np.asarray(g[...])).max() > 0, path
 
 
+@pytest.mark.parametrize("k,groups", [(8, 4), (7, 1), (16, 16)])
+def test_grouped_conv1d_gradients_match_torch(k, groups):
+  """The positional conv's CPU weight gradient (one matmul per kernel tap) vs torch autograd."""
+  rng = np.random.default_rng(k)
+  c, t, pad = 32, 23, k // 2
+  x = rng.standard_normal((2, t, c), dtype=np.float32)
+  w = (rng.standard_normal((c, c // groups, k)) / np.sqrt(k * c // groups)).astype(np.float32)
+  gy_t = t + 2 * pad - k + 1
+  gy = rng.standard_normal((2, gy_t, c), dtype=np.float32)
+
+  def f(x, w):
+    return jnp.sum(w2v.grouped_conv1d(x, w, pad, groups) * gy)
+
+  dx, dw = jax.jit(jax.grad(f, argnums=(0, 1)))(jnp.asarray(x), jnp.asarray(w))
+  xt = torch.tensor(x.transpose(0, 2, 1), requires_grad=True)
+  wt = torch.tensor(w, requires_grad=True)
+  y = torch.nn.functional.conv1d(xt, wt, padding=pad, groups=groups)
+  (y * torch.tensor(gy.transpose(0, 2, 1))).sum().backward()
+  np.testing.assert_allclose(np.asarray(dx), xt.grad.numpy().transpose(0, 2, 1), atol=1e-4, rtol=1e-4)
+  np.testing.assert_allclose(np.asarray(dw), wt.grad.numpy(), atol=1e-4, rtol=1e-4)
+
+
 def test_bf16_compute_runs(tmp_path_factory):
   _, ref = _hf_and_ours(STABLE, tmp_path_factory)
   model = w2v.Wav2Vec2Model(STABLE, rngs=nnx.Rngs(0), dtype=jnp.bfloat16)
