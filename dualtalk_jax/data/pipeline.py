@@ -59,6 +59,7 @@ import grain
 import numpy as np
 
 from dualtalk_jax.data import records
+from dualtalk_jax.hostmem import tune_malloc
 
 HOP = 640
 
@@ -204,36 +205,6 @@ def train_clips(manifest: dict[str, Any], window_frames: int, process_index: int
                             "processes")
   mine = balance(wins, process_count)[process_index]
   return [recs[i] for i in mine], [wins[i] for i in mine]
-
-
-_MALLOC_TUNED = False
-
-
-def tune_malloc(worker_index: int = 0, worker_count: int = 0) -> None:
-  """Makes glibc serve multi-MB buffers from its heap and keep them for reuse.
-
-  By default glibc mmaps every allocation above its threshold (clip records are ~4 MB,
-  batches ~16 MB per key) and unmaps it on free, so each record read and each batch
-  pays page faults and kernel zeroing: on a 2-core host that cost more than the copy
-  itself. Raising the mmap threshold to 32 MiB and the trim threshold to 256 MiB
-  removes most of it (up to 256 MiB of freed memory stays in the process for reuse).
-  A no-op off glibc. Signature fits `mp_prefetch(worker_init_fn=...)`.
-  """
-  del worker_index, worker_count
-  global _MALLOC_TUNED
-  if _MALLOC_TUNED:
-    return
-  _MALLOC_TUNED = True
-  import ctypes
-  import ctypes.util
-  try:
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    mallopt = libc.mallopt
-  except (OSError, AttributeError):
-    return
-  m_trim_threshold, m_mmap_threshold = -1, -3
-  mallopt(m_mmap_threshold, 32 << 20)
-  mallopt(m_trim_threshold, 256 << 20)
 
 
 def make_train_dataset(data_dir: str, *, window_frames: int = 200, batch_size: int = 32,

@@ -8,7 +8,8 @@
   row keeps its true lengths, and the model masks the padding, so a clip's prediction is
   the one it gets alone.
 - `predict_windowed`: one input of any length in overlapping windows of fixed size, so
-  memory does not grow with the input. Window k covers frames [s_k, s_k + W) and samples
+  memory does not grow with the input (the heap is trimmed after each batch of windows,
+  `hostmem.release_free_memory`). Window k covers frames [s_k, s_k + W) and samples
   [s_k * 640, (s_k + W) * 640) of both tracks (normalised over the whole clip, as a single
   pass would be), with the partner motion of the same frames; it is run with
   `num_frames = W` so frames stay exactly aligned. Neighbouring windows overlap by at
@@ -32,7 +33,7 @@ from typing import Sequence
 
 import numpy as np
 
-from dualtalk_jax import audio
+from dualtalk_jax import audio, hostmem
 
 HOP = audio.SAMPLES_PER_FRAME
 
@@ -175,6 +176,7 @@ def predict_clips(model, clips: Sequence[Clip], *, batch_size: int = 8, bucket_s
     for i, p in zip(g, predict_padded(model, [clips[i] for i in g], batch_size=batch_size,
                                       bucket_seconds=bucket_seconds)):
       out[i] = p
+    hostmem.release_free_memory()
   return out  # type: ignore[return-value]
 
 
@@ -240,6 +242,7 @@ def predict_windowed(model, clip: Clip, *, window_seconds: float = 20.0, overlap
   norm = np.zeros((t, 1), np.float64)
   for i in range(0, len(wins), batch_size):
     preds = runner(wins[i:i + batch_size], [w] * len(wins[i:i + batch_size]))
+    hostmem.release_free_memory()  # else glibc's arenas grow with the number of windows
     for k, p in zip(range(i, i + len(preds)), preds):
       out[starts[k]:starts[k] + w] += weights[k][:, None] * p
       norm[starts[k]:starts[k] + w] += weights[k][:, None]
