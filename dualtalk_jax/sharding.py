@@ -36,6 +36,9 @@ PARAM_AXES: tuple[tuple[str, tuple[str, ...]], ...] = (
     (r".*conv_layers\.\d+\.conv\.kernel", ("kernel_width", "conv_in", "conv_out")),
     (r".*pos_conv_embed\.conv\.weight_v", ("conv_out", "conv_in", "kernel_width")),
     (r".*pos_conv_embed\.conv\.weight_g", ("norm", "norm", "kernel_width")),
+    # LSTM recurrent kernels (small) stay whole: sharded, every time step of the scan
+    # would need a collective.
+    (r".*\.hh_l\d+(_reverse)?\.kernel", ("norm", "norm")),
     (r".*\.kernel", ("embed", "mlp")),
     (r".*", ("norm",)),  # biases, LayerNorm scales, masked_spec_embed: replicated
 )

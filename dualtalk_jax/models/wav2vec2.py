@@ -315,9 +315,11 @@ def _tap_wgrad_bwd(padding, groups, precision, res, gy):
 
   def tap(j):  # dw[:, :, j] = sum over (b, t) of gy[b, t, o] * xp[b, t + j, i], per group
     xs = jax.lax.dynamic_slice_in_dim(xp, j, t_out, axis=1)
-    return jnp.einsum("btgi,btgo->goi", xs, g, precision=precision, preferred_element_type=jnp.float32)
+    return jnp.einsum("btgi,btgo->bgoi", xs, g, precision=precision, preferred_element_type=jnp.float32)
 
-  dw = jax.lax.map(tap, jnp.arange(k)).transpose(1, 2, 3, 0).reshape(o, cg, k)
+  # The batch is summed after the loop, not in it: with a sharded batch, a sum inside would
+  # put a collective in the loop body (see Wav2Vec2Encoder.__call__ on XLA:CPU).
+  dw = jax.lax.map(tap, jnp.arange(k)).sum(axis=1).transpose(1, 2, 3, 0).reshape(o, cg, k)
   return dx, dw.astype(w.dtype)
 
 
@@ -500,11 +502,19 @@ class Wav2Vec2Encoder(nnx.Module):
       x = self.layer_norm(x)
     x = self.dropout(x)
     use_layerdrop = (not self.deterministic) and self.layerdrop > 0.0
+    if use_layerdrop:
+      # XLA:CPU runs a conditional's collectives beside the rest of the program, and with
+      # several virtual CPU devices that can leave a device without a thread (a deadlock that
+      # XLA aborts after 40 s). So on CPU the layer always runs and `where` drops its output
+      # (the predicate below is a constant False there, and XLA inlines the branch); other
+      # platforms skip the layer's compute. Same values either way.
+      on_cpu = jax.lax.platform_dependent(cpu=lambda: jnp.bool_(True), default=lambda: jnp.bool_(False))
     for layer in self.layers:
       if use_layerdrop:
         skip = jax.random.uniform(self.rngs()) < self.layerdrop  # one draw per layer, as HF
-        x = nnx.cond(skip, lambda layer, x, m: x, lambda layer, x, m: call_layer(layer, self.remat, x, m), layer, x,
-                     frame_mask)
+        y = nnx.cond(skip & ~on_cpu, lambda layer, x, m: x, lambda layer, x, m: call_layer(layer, self.remat, x, m),
+                     layer, x, frame_mask)
+        x = jnp.where(skip, x, y)
       else:
         x = call_layer(layer, self.remat, x, frame_mask)
     if self.stable:
