@@ -184,7 +184,7 @@ def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, *, se
       loss, parts, grads = jax.tree.map(lambda x: x / grad_accum, (loss, parts, grads))
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    metrics = {"loss": loss, **{f"loss_{k}": v for k, v in parts.items()}, "grad_norm": optax.global_norm(grads)}
+    metrics = {"loss": loss, **{f"loss_{k}": v for k, v in parts.items()}, "grad_norm": optax.tree.norm(grads)}
     return {"step": step + 1, "params": params, "opt_state": opt_state}, metrics
 
   if mesh is None:
