@@ -37,11 +37,8 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", 1, "Windows per model call.")
 
 def main(argv):
   del argv
-  import numpy as np
-
   from dualtalk_jax import audio
-  from dualtalk_jax.eval import evaluate, predict
-  from dualtalk_jax.data.records import atomic_write
+  from dualtalk_jax.eval import predict
 
   start = time.time()
   out = _OUTPUT.value
@@ -57,14 +54,7 @@ def main(argv):
     model = predict.load_model(_CHECKPOINT.value, config=_CONFIG.value, wav2vec2_config=_WAV2VEC2_CONFIG.value)
     pred = predict.predict_windowed(model, clip, window_seconds=_WINDOW_SECONDS.value,
                                     overlap_seconds=_OVERLAP_SECONDS.value, batch_size=_BATCH_SIZE.value)
-    evaluate.save_npy(out, pred)
-    npz = os.path.splitext(out)[0] + ".npz"
-
-    def write_npz(tmp):
-      with open(tmp, "wb") as f:
-        np.savez(f, **audio.flame_from_motion(pred))
-
-    atomic_write(npz, write_npz)
+    npz = predict.save_prediction(out, pred)
     if _PLOT.value:
       from dualtalk_jax.eval import plot
 

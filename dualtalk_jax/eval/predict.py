@@ -87,11 +87,34 @@ def load_inputs(audio_self: str, audio_other: str, motion_other: str, name: str 
 
 
 def _load_track(path: str) -> np.ndarray:
+  return audio.normalize(load_raw_track(path))
+
+
+def load_raw_track(path: str) -> np.ndarray:
+  """16 kHz mono samples of one file, not normalised (streaming normalises as it goes);
+  errors name the file."""
   x = audio.load_audio(path)
   if len(x) < HOP:
     raise audio.AudioError(f"{path}: audio is {len(x)} samples, shorter than one frame ({HOP} samples at 16 kHz)",
                            "empty")
-  return audio.normalize(x)
+  return x
+
+
+def save_prediction(path: str, pred: np.ndarray) -> str:
+  """Writes a (T, 56) prediction to `path` (.npy) and FLAME `exp`/`pose` to the .npz beside it
+  (for renderers), each under a temporary name then renamed; returns the .npz path."""
+  from dualtalk_jax.data.records import atomic_write
+  from dualtalk_jax.eval.evaluate import save_npy
+
+  save_npy(path, pred)
+  npz = os.path.splitext(path)[0] + ".npz"
+
+  def write_npz(tmp):
+    with open(tmp, "wb") as f:
+      np.savez(f, **audio.flame_from_motion(pred))
+
+  atomic_write(npz, write_npz)
+  return npz
 
 
 def load_motion(path: str) -> np.ndarray:
@@ -190,21 +213,26 @@ def window_starts(total: int, window: int, overlap: int) -> list[int]:
   return [int(round(k * (total - window) / (n - 1))) for k in range(n)]
 
 
+def crossfade_ramp(length: int, fade_in: int, fade_out: int) -> np.ndarray:
+  """(length,) weights of one window: rising linearly across its first `fade_in` frames
+  (its overlap with the window before) and falling across its last `fade_out` (the overlap
+  with the next), 1 elsewhere; a rise and a fall over the same frames sum to 1."""
+  w = np.ones(length, np.float64)
+  f = np.arange(length) + 0.5
+  if fade_in > 0:
+    w = np.minimum(w, f / fade_in)
+  if fade_out > 0:
+    w = np.minimum(w, (length - f) / fade_out)
+  return w
+
+
 def crossfade_weights(starts: Sequence[int], window: int) -> np.ndarray:
   """(K, window) weights: linear ramps across each overlap with a neighbour, so two
   overlapping windows' weights sum to 1 frame by frame (normalised where more overlap)."""
-  w = np.ones((len(starts), window), np.float64)
-  f = np.arange(window) + 0.5
-  for k, s in enumerate(starts):
-    if k > 0:
-      r = starts[k - 1] + window - s
-      if r > 0:
-        w[k] = np.minimum(w[k], f / r)
-    if k + 1 < len(starts):
-      r = s + window - starts[k + 1]
-      if r > 0:
-        w[k] = np.minimum(w[k], (window - f) / r)
-  return w
+  n = len(starts)
+  return np.stack([
+      crossfade_ramp(window, starts[k - 1] + window - s if k > 0 else 0,
+                     s + window - starts[k + 1] if k + 1 < n else 0) for k, s in enumerate(starts)])
 
 
 def predict_windowed(model, clip: Clip, *, window_seconds: float = 20.0, overlap_seconds: float = 2.0,
