@@ -100,7 +100,7 @@ def resolve(path: str | os.PathLike) -> str:
     raise FileNotFoundError(f"{path}: no such checkpoint directory")
   if not os.path.exists(os.path.join(path, MODEL_CONFIG)):
     raise FileNotFoundError(f"{path}: not a dualtalk-jax checkpoint (no {MODEL_CONFIG})")
-  return path
+  return os.path.abspath(path)  # orbax reads relative paths wrongly
 
 
 def read_model_config(path: str | os.PathLike) -> DualTalkConfig:

@@ -292,8 +292,8 @@ class StreamingPredictor:
     if self.uses_motion and self._motion.end == 0 and total > self._t:
       raise ValueError("the stream ended without any partner motion frame (motion_other was empty throughout)")
     out = []
-    while self._t < total:
-      out.append(self._step(min(self._t + self.cfg.hop_frames, total), final=total))
+    while self._t < total:  # all input is in: one last step (more only if the context is short)
+      out.append(self._step(min(self._t + self.cfg.context_frames, total), final=total))
     return self._concat(out)
 
   def _check_audio(self, name, x) -> np.ndarray:
@@ -305,25 +305,21 @@ class StreamingPredictor:
     return x
 
   def _check_motion(self, m) -> np.ndarray:
-    if m is None:
-      if self.uses_motion:
-        raise ValueError("motion_other is None, but this model reads the partner's motion (only a "
-                         "'no_partner_motion' model streams without it); pass the partner's (n, "
-                         f"{self.motion_dim}) FLAME motion, or an empty (0, {self.motion_dim}) chunk when none arrived yet")
-      given = False
-    else:
-      given = True
+    given = m is not None
+    if not given and self.uses_motion:
+      raise ValueError("motion_other is None, but this model reads the partner's motion (only a "
+                       "'no_partner_motion' model streams without it); pass the partner's (n, "
+                       f"{self.motion_dim}) FLAME motion, or an empty (0, {self.motion_dim}) chunk when none arrived yet")
     if self._motion_given is not None and given != self._motion_given:
       raise ValueError("motion_other must be given on every push of a stream or on none")
+    if given:
+      m = np.asarray(m, np.float32)
+      if m.ndim != 2 or m.shape[1] != self.motion_dim:
+        raise ValueError(f"motion_other: expected shape (n, {self.motion_dim}), got {m.shape}")
+      if not np.all(np.isfinite(m)):
+        raise ValueError("motion_other: chunk contains NaN or inf values")
     self._motion_given = given
-    if not given or not self.uses_motion:
-      return np.zeros((0, self.motion_dim), np.float32)
-    m = np.asarray(m, np.float32)
-    if m.ndim != 2 or m.shape[1] != self.motion_dim:
-      raise ValueError(f"motion_other: expected shape (n, {self.motion_dim}), got {m.shape}")
-    if not np.all(np.isfinite(m)):
-      raise ValueError("motion_other: chunk contains NaN or inf values")
-    return m
+    return m if given and self.uses_motion else np.zeros((0, self.motion_dim), np.float32)
 
   # ---- steps ----
 
@@ -413,6 +409,7 @@ class StreamResult:
   prediction: np.ndarray  # (T, 56)
   chunk_seconds: np.ndarray  # compute time of each chunk (the final flush counts as the last one's)
   audio_seconds: float
+  frame_delay_seconds: np.ndarray | None = None  # paced runs: each frame's output time after its audio arrived
 
   @property
   def real_time_factor(self) -> float:
@@ -460,7 +457,7 @@ def run_stream(predictor: StreamingPredictor, chunks, *, pace: bool = False,
   `pace`: wait for each chunk's arrival time (its audio at real time) before pushing it, as
   a live source would deliver it (a live source paces itself: leave it off)."""
   predictor.reset()
-  preds, times = [], []
+  preds, times, emitted = [], [], []  # emitted: (frames out so far, wall time)
   fed = 0
   start = time.perf_counter()
   for c in chunks:
@@ -473,13 +470,27 @@ def run_stream(predictor: StreamingPredictor, chunks, *, pace: bool = False,
     preds.append(predictor.push(c.audio_self, c.audio_other, c.motion_other))
     for name in c.ended:
       preds.append(predictor.end_input(name))
-    times.append(time.perf_counter() - t0)
+    t1 = time.perf_counter()
+    times.append(t1 - t0)
+    emitted.append((predictor.frames_emitted, t1))
   t0 = time.perf_counter()
   preds.append(predictor.flush())
+  t1 = time.perf_counter()
   if times:
-    times[-1] += time.perf_counter() - t0
+    times[-1] += t1 - t0
+  emitted.append((predictor.frames_emitted, t1))
+  pred = np.concatenate(preds)
+  delay = None
+  if pace:  # frame f's audio is in at sample (f + 1) * 640 (the end of the stream for the last)
+    out_time = np.empty(len(pred))
+    done = 0
+    for n, t in emitted:
+      out_time[done:n] = t
+      done = max(done, n)
+    arrived = np.minimum((np.arange(len(pred)) + 1) * HOP, fed) / audio.SAMPLE_RATE
+    delay = out_time - start - arrived
   secs = audio_seconds if audio_seconds is not None else fed / audio.SAMPLE_RATE
-  return StreamResult(np.concatenate(preds), np.asarray(times), secs)
+  return StreamResult(pred, np.asarray(times), secs, delay)
 
 
 def open_microphone(device=None):
