@@ -98,6 +98,34 @@ def test_state_is_bounded(streamer):
   assert max(held) <= (CFG.window_frames + CFG.hop_frames) * HOP + 4000  # 1.8 s held of a 20 s stream
 
 
+def test_window_geometry(model):
+  """Every step's window: frames [t - C, t + L) (from 0 early on, to T at the end), audio of
+  exactly those frames, motion of the same frames, left-aligned in one fixed shape. C + L = 110
+  frames is one of the counts where the released float64 formula gives one frame more
+  (ceil(110 * 640 / 16000 * 25) = 111): the window's frame count is its own, not the formula's."""
+  cfg = S.StreamConfig(context_frames=100, lookahead_frames=10, hop_frames=5)
+  s = S.StreamingPredictor(model, cfg)
+  calls = []
+
+  def fake(params, a, b, m, a_len, b_len, m_len, nf, *, max_frames):
+    calls.append((a.shape, b.shape, m.shape, int(a_len[0]), int(b_len[0]), int(m_len[0]), int(nf[0]), max_frames))
+    return np.zeros((1, max_frames, 56), np.float32)
+
+  s._fn = fake
+  n = 8 * 16000 + 100
+  a, b, m = make_inputs(10, n)
+  t_total = audio.num_frames(n)
+  S.run_stream(s, S.file_chunks(a, b, m, 640))
+  w = cfg.window_frames
+  for k, (sa, sb, sm, la, lb, lm, nf, mf) in enumerate(calls[:-1]):
+    t = (k + 1) * cfg.hop_frames
+    frames = min(t + cfg.lookahead_frames, w)
+    assert (sa, sb, sm, mf) == ((1, w * HOP), (1, w * HOP), (1, w, 56), w)
+    assert (la, lb, lm, nf) == (frames * HOP, frames * HOP, frames, frames), k
+  *_, la, lb, lm, nf, mf = calls[-1]  # the last step: the last C frames, up to the audio's end
+  assert (la, lb, lm, nf) == (n - (t_total - cfg.context_frames) * HOP,) * 2 + (cfg.context_frames,) * 2
+
+
 def test_crossfade_is_smooth_at_seams(streamer, monkeypatch):
   """Each step predicts a constant, its index: cut at the seams the output would jump by 1
   every hop; crossfaded it rises evenly, by 1 / hop per frame, seams or not."""

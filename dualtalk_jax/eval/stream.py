@@ -366,7 +366,8 @@ class StreamingPredictor:
       m0 = min(s, m_end - 1)  # at least one partner frame: its last one if its motion ended
       n_motion = m_end - m0
       m[0, :n_motion] = self._motion.read(m0, m_end)
-    pred = np.asarray(self._call(a, b, m, n, audio.num_frames(n), n_motion))[0, :e - s].astype(np.float64)
+    # frames e - s, not audio.num_frames(n): the float64 formula gives 111 frames for 110 * 640 samples
+    pred = np.asarray(self._call(a, b, m, n, e - s, n_motion))[0, :e - s].astype(np.float64)
     # crossfade: this step's frames [self._t, e), rising over the last step's lookahead, falling over its own
     span = pred[self._t - s:]
     ramp = predict_lib.crossfade_ramp(len(span), self._prev_end - self._t, e - t)
