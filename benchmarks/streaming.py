@@ -6,11 +6,12 @@ Three parts (`--parts`, comma-separated):
             output (chunks of 40 ms, a model step every `--hop_ms`) against one whole-clip
             pass of the same model (the released behaviour), over a grid of context C
             (`--context_s`) and lookahead L (`--lookahead_ms`):
-              rel. diff   RMS(stream - whole) / RMS(whole - its time mean): 0 = identical,
-                          1 = as far off as the whole-clip motion varies
+              rel. diff   RMS(stream - whole) / RMS(recorded motion - its time mean): 0 =
+                          identical, 1 = as far apart as the real motion varies
               MSE         against the recorded motion (speaker1.npz), stream / whole clip /
                           `infer --window_seconds=2` windows, all 56 dims
-              vel. ratio  mean |frame-to-frame velocity| of the stream over the whole clip's
+              vel. ratio  mean |frame-to-frame velocity| over that of the recorded motion
+                          (> 1: jitter the real motion does not have)
             and seams: with a hop of `--seam_hop_ms` (several frames per step, so seams are
             rare), the mean |velocity| across seams (frame t_k - 1 -> t_k, t_k = k * hop)
             over the mean elsewhere, for the stream and, at the same frames, for the whole
@@ -113,8 +114,10 @@ def accuracy(args) -> dict:
     data.append(dict(a=a, b=b, m=m, gt=gt[:len(whole)], whole=whole, win2=win2))
   gt_mse = lambda p, gt: ((p[:len(gt)] - gt) ** 2).ravel()  # a recorded motion may be a frame short
   mse = lambda key: float(np.mean(np.concatenate([gt_mse(d[key], d["gt"]) for d in data])))
-  spread = float(np.sqrt(np.mean(np.concatenate([((d["whole"] - d["whole"].mean(0)) ** 2).ravel() for d in data]))))
-  whole_vel = float(np.mean(np.concatenate([velocity(d["whole"]) for d in data])))
+  spread = float(np.sqrt(np.mean(np.concatenate([((d["gt"] - d["gt"].mean(0)) ** 2).ravel() for d in data]))))
+  gt_vel = float(np.mean(np.concatenate([velocity(d["gt"]) for d in data])))
+  vel = lambda preds: float(np.mean(np.concatenate([velocity(p) for p in preds]))) / gt_vel
+  rms = lambda x, y: float(np.sqrt(np.mean(np.concatenate([(p[:len(q)] - q[:len(p)]).ravel() ** 2 for p, q in zip(x, y)]))))
   rows, seams = [], []
 
   def run(cfg):
@@ -129,11 +132,10 @@ def accuracy(args) -> dict:
     for l_ms in args.lookahead_ms:
       cfg = stream_config(c_s, l_ms, args.hop_ms)
       preds, compile_s = run(cfg)
-      diff = np.concatenate([(p - d["whole"]).ravel() for p, d in zip(preds, data)])
       row = dict(context_s=c_s, lookahead_ms=cfg.lookahead_frames * 40, hop_ms=cfg.hop_frames * 40,
-                 rel_diff=float(np.sqrt(np.mean(diff ** 2))) / spread,
+                 rel_diff=rms(preds, [d["whole"] for d in data]) / spread,
                  mse_stream=float(np.mean(np.concatenate([gt_mse(p, d["gt"]) for p, d in zip(preds, data)]))),
-                 vel_ratio=float(np.mean(np.concatenate([velocity(p) for p in preds]))) / whole_vel,
+                 vel_ratio=vel(preds),
                  compile_s=compile_s)
       rows.append(row)
       print(f"  C {c_s:g} s, L {row['lookahead_ms']:g} ms: rel. diff {row['rel_diff']:.3f}, MSE {row['mse_stream']:.5f}, "
@@ -157,8 +159,10 @@ def accuracy(args) -> dict:
   frames = sum(len(d["whole"]) for d in data)
   print(f"\n### Accuracy: {what}, {len(data)} held-out clips of {args.data_dir} ({frames / 25:.0f} s), "
         f"hop {args.hop_ms:g} ms, chunks of 40 ms\n")
-  print(f"Whole-clip pass: MSE {mse('whole'):.5f}; `infer --window_seconds=2`: MSE {mse('win2'):.5f}; "
-        f"whole-clip motion RMS spread {spread:.4f}.\n")
+  print(f"Whole-clip pass: MSE {mse('whole'):.5f}, vel. ratio {vel([d['whole'] for d in data]):.2f}; "
+        f"`infer --window_seconds=2`: MSE {mse('win2'):.5f}, vel. ratio {vel([d['win2'] for d in data]):.2f}, "
+        f"rel. diff to whole clip {rms([d['win2'] for d in data], [d['whole'] for d in data]) / spread:.3f}; "
+        f"recorded motion RMS spread {spread:.4f}.\n")
   print("| context | lookahead | rel. diff to whole clip | MSE stream | vel. ratio |")
   print("|---|---|---|---|---|")
   for r_ in rows:
@@ -169,7 +173,8 @@ def accuracy(args) -> dict:
   print("|---|---|---|")
   for s_ in seams:
     print(f"| {s_['lookahead_ms']:g} ms | {s_['seam_ratio']:.2f} | {s_['whole_ratio']:.2f} |")
-  return dict(model=what, clips=clips, mse_whole=mse("whole"), mse_window2=mse("win2"), rows=rows, seams=seams)
+  return dict(model=what, clips=clips, mse_whole=mse("whole"), mse_window2=mse("win2"), spread=spread, rows=rows,
+              seams=seams)
 
 
 def latency(args) -> list[dict]:

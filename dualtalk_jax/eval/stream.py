@@ -11,8 +11,9 @@ frame t = k * H runs the model once on frames [t - C, t + L) and emits frames [t
   end the last window stops at the target audio's end. One compile per `StreamConfig`,
   whatever the chunk sizes (`StreamingPredictor.compiles` counts them).
 - Readiness. Step t runs once both tracks hold (t + L) * 640 samples and the partner's motion
-  t + L frames (`flush()` runs the rest with what arrived), so the output depends on the
-  data, never on how it was chunked.
+  t + L frames, so the output depends on the data, never on how it was chunked. A partner
+  input that is over (`end_input`) is no longer waited for; `flush()` ends the stream with
+  one last step on the last C frames (more only if C is shorter than what is left).
 - Crossfade. Step k's prediction of its frames [t - H, t + L) is weighted with the ramps of
   `predict.crossfade_ramp`: rising across the lookahead of step k - 1 and falling across its
   own, and the steps' predictions of a frame are averaged with those weights (normalised):
@@ -20,18 +21,21 @@ frame t = k * H runs the model once on frames [t - C, t + L) and emits frames [t
 - Normalisation. wav2vec2 expects zero-mean unit-variance audio per utterance, and a stream
   has no end to take the statistics over: each track is normalised with the running mean and
   variance of all its samples up to the window's end (float64 sums merged step by step), which
-  tends to the whole-clip statistics; at the end of a stream they are exactly those.
+  tends to the whole-clip statistics; at the end of a stream they are exactly those. Early on
+  they come from little audio: a track that starts in silence is scaled up until speech comes.
 - Bounded state. Audio and motion live in ring buffers of C + L + H + `max_skew_frames` frames;
   the pending crossfade sums hold L frames; nothing grows with the stream. A push that would
-  leave a track more than that ahead of another is refused, before anything is changed.
+  leave an input more than `max_skew_frames` ahead of another is refused, before anything
+  is changed.
 
 A partner track that ends before the target's is silence (0 after normalisation) from there
-on, as in `predict.predict_windowed`; a partner motion that ends early repeats its last frame
-into windows past its end. With C and L covering the whole clip every step is one whole-clip
+on, as in `predict.predict_windowed`; windows past the end of the partner's motion get its
+last frame (the model needs at least one). With C and L covering the whole clip every step is one whole-clip
 pass, and the stream equals `predict` on the whole clip (up to float rounding of the statistics).
 
-Latency: frame f comes out when the audio reaches frame f + H + L (at most), plus one step's
-compute; the real-time factor is compute time over audio time (< 1 keeps up).
+Latency: frame f comes out once the audio reaches frame f + H + L (at most), plus one step's
+compute; the real-time factor is compute time over audio time (< 1 keeps up). The compute of
+a step is that of one (C + L)-frame window, so it grows with C + L, not with the stream.
 """
 
 from __future__ import annotations
