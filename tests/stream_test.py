@@ -251,11 +251,8 @@ def test_cli_end_to_end_with_relative_paths(files, streamer):
 
 def test_cli_refuses_bad_input_before_loading(files):
   base = ["--checkpoint=ckpt", "--audio_self=a.wav", "--audio_other=b.wav", "--output=o.npy"]
-  cases = [([], "this model reads the partner's motion; pass --motion_other"),
-           (["--motion_other=none.npz", "--chunk_ms=25"], "none.npz: no such motion file")]
-  for extra, msg in cases:
-    r = run_cli(files, *base, *extra)
-    assert r.returncode == 1 and msg in r.stderr, (extra, r.stderr[-2000:])
+  r = run_cli(files, *base)
+  assert r.returncode == 1 and "this model reads the partner's motion; pass --motion_other" in r.stderr, r.stderr[-2000:]
   r = run_cli(files, "--checkpoint=nockpt", "--audio_other=b.wav", "--motion_other=b.npz", "--microphone",
               "--output=o.npy")
   assert r.returncode == 1 and "nockpt: no such checkpoint" in r.stderr, r.stderr[-2000:]
