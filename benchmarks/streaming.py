@@ -22,7 +22,9 @@ Three parts (`--parts`, comma-separated):
             the one compile (reported apart).
   realtime  The tiny model fed at real time (paced) over a grid of lookaheads with a 40 ms hop:
             RTF, p95 chunk compute, and p50/p95/max delay of each output frame after its
-            audio arrived; a run keeps up when the delay stays under L + hop + 100 ms.
+            audio arrived. A run keeps up when RTF < 1 and the delay does not grow: the
+            median delay of the last quarter of the frames is within one hop (40 ms) of the
+            first quarter's (load spikes from other processes show in p95/max, and pass).
 
   python benchmarks/streaming.py --parts accuracy --checkpoint /tmp/qs/checkpoints --data_dir /tmp/qs/synthetic/val
   python benchmarks/streaming.py --parts latency,realtime --checkpoint /tmp/qs/checkpoints
@@ -231,20 +233,21 @@ def realtime(args) -> list[dict]:
     s.warmup()
     r = stream.run_stream(s, stream.file_chunks(a, b, m, 640), pace=True)
     d = r.frame_delay_seconds * 1000
-    bound = (cfg.lookahead_frames + cfg.hop_frames) * 40 + 100
+    q = max(1, len(d) // 4)
+    growth = float(np.median(d[-q:]) - np.median(d[:q]))
     row = dict(lookahead_ms=cfg.lookahead_frames * 40, rtf=r.real_time_factor, p95_ms=r.latency_ms(95),
                delay_p50=float(np.percentile(d, 50)), delay_p95=float(np.percentile(d, 95)), delay_max=float(d.max()),
-               keeps_up=bool(np.percentile(d, 95) < bound), load=load_avg())
+               growth=growth, keeps_up=bool(r.real_time_factor < 1 and growth <= 40), load=load_avg())
     out.append(row)
     print(f"  L {row['lookahead_ms']} ms: RTF {row['rtf']:.3f}, delay p50 {row['delay_p50']:.0f} p95 {row['delay_p95']:.0f} "
-          f"max {row['delay_max']:.0f} ms, keeps up: {row['keeps_up']} ({row['load']})", flush=True)
+          f"max {row['delay_max']:.0f} ms, growth {growth:.0f} ms, keeps up: {row['keeps_up']} ({row['load']})", flush=True)
   print(f"\n### Real time: {what}, fed at real time ({args.realtime_seconds:g} s of the demo), context "
         f"{args.latency_context_s:g} s, chunks and hop 40 ms\n")
-  print("| lookahead | RTF | chunk compute p95 | frame delay p50 | p95 | max | keeps up |")
-  print("|---|---|---|---|---|---|---|")
+  print("| lookahead | RTF | chunk compute p95 | frame delay p50 | p95 | max | delay growth | keeps up |")
+  print("|---|---|---|---|---|---|---|---|")
   for r_ in out:
     print(f"| {r_['lookahead_ms']} ms | {r_['rtf']:.3f} | {r_['p95_ms']:.1f} ms | {r_['delay_p50']:.0f} ms | "
-          f"{r_['delay_p95']:.0f} ms | {r_['delay_max']:.0f} ms | {'yes' if r_['keeps_up'] else 'no'} |")
+          f"{r_['delay_p95']:.0f} ms | {r_['delay_max']:.0f} ms | {r_['growth']:+.0f} ms | {'yes' if r_['keeps_up'] else 'no'} |")
   ok = [r_["lookahead_ms"] for r_ in out if r_["keeps_up"]]
   print(f"\nSmallest lookahead that keeps up: {min(ok) if ok else 'none of those tried'} ms")
   return out
