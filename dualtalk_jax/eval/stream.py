@@ -460,7 +460,8 @@ def run_stream(predictor: StreamingPredictor, chunks, *, pace: bool = False,
   """Feeds `chunks` (`Chunk`s) through a fresh stream and flushes it; times each chunk's compute.
 
   `pace`: wait for each chunk's arrival time (its audio at real time) before pushing it, as
-  a live source would deliver it (a live source paces itself: leave it off)."""
+  a live source would deliver it (a live source is late already, so nothing waits), and
+  measure each output frame's delay after its audio arrived."""
   predictor.reset()
   preds, times, emitted = [], [], []  # emitted: (frames out so far, wall time)
   fed = 0
