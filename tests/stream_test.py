@@ -211,6 +211,30 @@ def test_microphone_needs_sounddevice(monkeypatch):
     S.open_microphone()
 
 
+def test_microphone_chunks_read_the_device_against_the_partner_recording(monkeypatch):
+  import types
+  reads = []
+
+  class InputStream:
+    def __init__(self, *, samplerate, channels, dtype, blocksize, device):
+      assert (samplerate, channels, dtype, blocksize) == (16000, 1, "float32", 640)
+    def __enter__(self):
+      return self
+    def __exit__(self, *exc):
+      return False
+    def read(self, n):
+      reads.append(n)
+      return np.full((n, 1), len(reads), np.float32), False
+
+  monkeypatch.setitem(sys.modules, "sounddevice", types.SimpleNamespace(InputStream=InputStream))
+  _, b, m = make_inputs(11, 16000)
+  chunks = list(S.microphone_chunks(640, b, m))
+  assert reads == [640] * 25 and len(chunks) == 25
+  np.testing.assert_array_equal(chunks[3].audio_self, np.full(640, 4, np.float32))  # the device's samples
+  np.testing.assert_array_equal(np.concatenate([c.audio_other for c in chunks]), b)
+  assert sum(len(c.motion_other) for c in chunks) == len(m)
+
+
 # ---- experiments.stream ----
 
 @pytest.fixture(scope="module")
