@@ -32,6 +32,12 @@ _WAV2VEC2_CONFIG = flags.DEFINE_string("wav2vec2_config", None, "A HF wav2vec2 c
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Clips per prediction batch.")
 _BUCKET_SECONDS = flags.DEFINE_float("bucket_seconds", 2.0, "Audio is padded to a multiple of this (one compile per bucket).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the random steps (diversity pairs, k-means init).")
+_ALLOW_PARTIAL = flags.DEFINE_bool(
+    "allow_partial", False,
+    "Score what can be scored when predictions are missing or their lengths do not match the ground truth "
+    "(beyond 1 frame): those files are listed under 'skipped' in the output JSON. Without it they are an error.")
+_CHANNEL = flags.DEFINE_integer("channel", None, "For multichannel audio in --data_dir: the channel to use.")
+_PLOT = flags.DEFINE_string("plot", None, "Optional PNG: the first scored prediction beside its true motion and the partner's.")
 _COMPILATION_CACHE_DIR = flags.DEFINE_string(
     "compilation_cache_dir", None,
     "Keep XLA executables here (jax persistent compilation cache): a re-run skips the metric "
@@ -40,6 +46,10 @@ _COMPILATION_CACHE_DIR = flags.DEFINE_string(
 
 def main(argv):
   del argv
+  from dualtalk_jax import runtime
+
+  runtime.configure()
+  from dualtalk_jax import files
   from dualtalk_jax.eval import evaluate, predict
 
   if _COMPILATION_CACHE_DIR.value:
@@ -49,25 +59,37 @@ def main(argv):
 
   start = time.time()
   try:
+    # every path is checked before the model loads or anything is scored
     if not _PRED_DIR.value and not _CHECKPOINT.value:
       raise ValueError("pass --pred_dir (score predictions) or --checkpoint (predict, then score)")
+    files.prepare_output(_OUTPUT.value, "--output", (".json",))
+    if _PLOT.value:
+      files.prepare_output(_PLOT.value, "--plot", (".png", ".pdf", ".svg"))
+    evaluate.list_clips(_DATA_DIR.value)
     pred_dir = _PRED_DIR.value or os.path.splitext(_OUTPUT.value)[0] + "_predictions"
     if _CHECKPOINT.value:
-      evaluate.list_clips(_DATA_DIR.value)  # fail on a bad data_dir before loading the model
-      model = predict.load_model(_CHECKPOINT.value, config=_CONFIG.value, wav2vec2_config=_WAV2VEC2_CONFIG.value)
+      predict.check_checkpoint_path(_CHECKPOINT.value)
+      model = predict.load_model(_CHECKPOINT.value, config=_CONFIG.value, wav2vec2_config=_WAV2VEC2_CONFIG.value,
+                                 config_given=flags.FLAGS["config"].present)
       paths = evaluate.predict_split(model, _DATA_DIR.value, pred_dir, batch_size=_BATCH_SIZE.value,
-                                     bucket_seconds=_BUCKET_SECONDS.value, progress=sys.stderr.isatty())
+                                     bucket_seconds=_BUCKET_SECONDS.value, progress=True, channel=_CHANNEL.value)
       print(f"wrote {len(paths)} predictions to {os.path.abspath(pred_dir)} ({time.time() - start:.1f} s)")
-    result = evaluate.score_predictions(pred_dir, _DATA_DIR.value, seed=_SEED.value)
+    else:
+      files.require_dir(pred_dir, "prediction directory")
+    result = evaluate.score_predictions(pred_dir, _DATA_DIR.value, seed=_SEED.value, allow_partial=_ALLOW_PARTIAL.value)
     out, csv_path = evaluate.write_results(_OUTPUT.value, result)
+    if _PLOT.value:
+      evaluate.plot_prediction(_PLOT.value, pred_dir, _DATA_DIR.value, result["files"][0])
   except (OSError, ValueError, ImportError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
+  for s in result["skipped"]:
+    print(f"warning: skipped {s['file']}: {s['reason']}", file=sys.stderr)
   mean = result["mean"]
   for m in ("fid", "p_fid", "mse", "sid", "rpcc"):
     print(f"{m:>6}: " + "  ".join(f"{g} {mean[f'{m}_{g}']:.4g}" for g in ("exp", "jaw", "pose")))
-  print(f"scored {len(result['files'])} files -> {os.path.abspath(out)}, {os.path.abspath(csv_path)} "
-        f"({time.time() - start:.1f} s)")
+  skipped = f", skipped {len(result['skipped'])} (listed in the JSON)" if result["skipped"] else ""
+  print(f"scored {len(result['files'])} files{skipped} -> {out}, {csv_path} ({time.time() - start:.1f} s)")
 
 
 if __name__ == "__main__":

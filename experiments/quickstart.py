@@ -16,9 +16,11 @@ _STEPS = flags.DEFINE_integer("total_steps", None, "Override the number of train
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from dualtalk_jax.train import loop, quickstart
+  from dualtalk_jax import runtime
 
-  loop.quiet_orbax()
+  runtime.configure()
+  from dualtalk_jax.train import quickstart
+
   overrides = {} if _STEPS.value is None else {"total_steps": _STEPS.value}
   r = quickstart.run(_WORKDIR.value, **overrides)
   mse = r["mse"]
@@ -34,6 +36,7 @@ def main(argv):
     if key in r:
       print(f"  {key:19s} {r[key]}")
   print(f"  {'results':19s} {r['workdir']}/quickstart_results.json")
+  print(f"  {'disk used':19s} {r['disk_mb']:.0f} MB in {r['workdir']}")
   print(f"  {'tensorboard':19s} tensorboard --logdir {r['workdir']}/tensorboard")
 
 

@@ -18,7 +18,8 @@ partner's recording, for the recording's length.
 Prints per-chunk compute latency (p50/p95) and the real-time factor (compute time / audio
 time; < 1 keeps up). Writes `--output` (T x 56) and the FLAME `.npz` beside it, as
 `experiments.infer` does. `--motion_other` may be left out only for a `no_partner_motion`
-model. Everything is checked before the model is loaded.
+model. Paths, flags, the partner-motion requirement (from the checkpoint's config) and the
+files' lengths (infer's rule) are all checked before the model is loaded.
 """
 
 from __future__ import annotations
@@ -43,22 +44,21 @@ _CONTEXT_S = flags.DEFINE_float("context_s", 6.0, "Past audio each step sees, in
 _HOP_MS = flags.DEFINE_float("hop_ms", None, "Output emitted per model step; default: --chunk_ms rounded up to frames.")
 _REALTIME = flags.DEFINE_bool("realtime", False, "Feed the files at real time (else as fast as possible).")
 _MICROPHONE = flags.DEFINE_bool("microphone", False, "Target audio live from the default input device (sounddevice).")
+_CHANNEL = flags.DEFINE_integer("channel", None, "For multichannel audio files: the channel to use (else it is an error).")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from dualtalk_jax import audio
+  from dualtalk_jax import runtime
+
+  runtime.configure()
+  from dualtalk_jax import audio, files
   from dualtalk_jax.eval import predict
   from dualtalk_jax.eval import stream
 
-  out = _OUTPUT.value
   try:
-    # ---- everything checked before the model is loaded ----
-    if not out.endswith(".npy"):
-      raise ValueError(f"{out}: --output must end in .npy")
-    if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
-      raise FileNotFoundError(f"{os.path.dirname(os.path.abspath(out))}: output folder does not exist")
+    # ---- flags and paths first: nothing slow happens before they are known to be usable ----
     chunk_ms = _CHUNK_MS.value
     if not (math.isfinite(chunk_ms) and chunk_ms > 0):
       raise ValueError(f"--chunk_ms must be > 0, got {chunk_ms}")
@@ -74,21 +74,34 @@ def main(argv):
       raise ValueError(f"--context_s / --lookahead_ms / --hop_ms: {e}") from None
     if _MICROPHONE.value == bool(_AUDIO_SELF.value):
       raise ValueError("give exactly one of --audio_self and --microphone")
-    model_cfg = _model_config()
-    if _MOTION_OTHER.value is None and stream.needs_partner_motion(model_cfg):
+    inputs = [(_AUDIO_OTHER.value, "partner audio (--audio_other)")]
+    if _AUDIO_SELF.value:
+      inputs.append((_AUDIO_SELF.value, "target audio (--audio_self)"))
+    if _MOTION_OTHER.value:
+      inputs.append((_MOTION_OTHER.value, "partner motion (--motion_other)"))
+    for path, what in inputs:
+      files.require_file(path, what)
+    predict.check_checkpoint_path(_CHECKPOINT.value)
+    if _MOTION_OTHER.value is None and stream.needs_partner_motion(_model_config()):
       raise ValueError(f"{_CHECKPOINT.value}: this model reads the partner's motion; pass --motion_other "
                        "(only a no_partner_motion model streams without it)")
-    b = predict.load_raw_track(_AUDIO_OTHER.value)
-    m = predict.load_motion(_MOTION_OTHER.value) if _MOTION_OTHER.value else None
+    out = files.prepare_output(_OUTPUT.value, "--output", (".npy",))
     if _MICROPHONE.value:
-      stream.open_microphone()  # a clear error now if it cannot work
-      a = None
+      stream.open_microphone()  # a clear error now if live input cannot work
+    # raw audio (the stream normalises as it goes), lengths checked as infer checks them
+    if _MOTION_OTHER.value and _AUDIO_SELF.value:
+      clip = predict.load_inputs(_AUDIO_SELF.value, _AUDIO_OTHER.value, _MOTION_OTHER.value, channel=_CHANNEL.value,
+                                 normalize=False)
+      a, b, m = clip.audio_self, clip.audio_other, clip.motion_other
     else:
-      a = predict.load_raw_track(_AUDIO_SELF.value)
+      a = predict.load_raw_track(_AUDIO_SELF.value, _CHANNEL.value) if _AUDIO_SELF.value else None
+      b = predict.load_raw_track(_AUDIO_OTHER.value, _CHANNEL.value)
+      m = predict.load_motion(_MOTION_OTHER.value) if _MOTION_OTHER.value else None
 
     # ---- the stream ----
     t0 = time.perf_counter()
-    model = predict.load_model(_CHECKPOINT.value, config=_CONFIG.value, wav2vec2_config=_WAV2VEC2_CONFIG.value)
+    model = predict.load_model(_CHECKPOINT.value, config=_CONFIG.value, wav2vec2_config=_WAV2VEC2_CONFIG.value,
+                               config_given=flags.FLAGS["config"].present)
     streamer = stream.StreamingPredictor(model, cfg)
     load_s = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -119,7 +132,7 @@ def main(argv):
   else:
     print(f"algorithmic delay: up to {(cfg.lookahead_frames + cfg.hop_frames) * frame_ms:g} ms (lookahead + hop) "
           "plus one step's compute")
-  print(f"wrote {os.path.abspath(out)} and {os.path.abspath(npz)}")
+  print(f"wrote {out} and {npz}")
 
 
 def _pct(x, q):
@@ -129,16 +142,15 @@ def _pct(x, q):
 
 
 def _model_config():
-  """The checkpoint's model config, without loading its weights."""
+  """The checkpoint's model config, without loading its weights (a torch file: the config it
+  recorded, else --config)."""
   from dualtalk_jax import checkpoint
   from dualtalk_jax.config import get_model_config
   from dualtalk_jax.convert import pytorch
 
   path = _CHECKPOINT.value
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path}: no such checkpoint (an orbax checkpoint directory, a workdir or a .pth file)")
   if pytorch.is_torch_file(path):
-    return get_model_config(_CONFIG.value, _WAV2VEC2_CONFIG.value)
+    return pytorch.recorded_config(path) or get_model_config(_CONFIG.value, _WAV2VEC2_CONFIG.value)
   return checkpoint.read_model_config(path)
 
 
