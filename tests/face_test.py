@@ -1,0 +1,198 @@
+"""FLAME loading and forward, rendering, ARKit solve and vertex metrics (dualtalk_jax.face).
+
+Everything runs on a FLAME-format stand-in built here (`face.synthetic`: FLAME 2020's
+array shapes, random bases), pickled as FLAME ships it, and in a chumpy-pickled variant
+written through a fake `chumpy` module that is gone before loading.
+"""
+
+import importlib.util
+import os
+import pickle
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from dualtalk_jax.face import flame, safe_pickle, synthetic
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module")
+def arrays():
+  return synthetic.fake_flame_arrays(seed=0)
+
+
+@pytest.fixture(scope="module")
+def model_path(arrays, tmp_path_factory):
+  path = str(tmp_path_factory.mktemp("flame") / "generic_model.pkl")
+  synthetic.write_pickle(path, arrays)
+  return path
+
+
+@pytest.fixture(scope="module")
+def model(model_path):
+  return flame.load_model(model_path)
+
+
+def _chumpy_pickle(arrays) -> bytes:
+  """Pickles `arrays` with `shapedirs` as a chumpy Ch and `J` as a chumpy Select, through a
+  fake chumpy package that is removed again, as FLAME's Python 2 file holds them."""
+  chumpy, ch, reordering = (types.ModuleType(n) for n in ("chumpy", "chumpy.ch", "chumpy.reordering"))
+
+  class Ch:
+    def __init__(self, x):
+      self.x, self.dterms, self._dirty_vars = x, ("x",), {"x"}
+
+    def __getstate__(self):
+      return dict(self.__dict__)
+
+  class Select(Ch):
+    def __init__(self, a, idxs, preferred_shape):
+      self.a, self.idxs, self.preferred_shape, self.dterms = a, idxs, preferred_shape, ("a",)
+
+  for cls, mod in ((Ch, ch), (Select, reordering)):
+    cls.__module__, cls.__qualname__ = mod.__name__, cls.__name__
+    setattr(mod, cls.__name__, cls)
+  saved = {n: sys.modules.get(n) for n in ("chumpy", "chumpy.ch", "chumpy.reordering")}
+  sys.modules.update({"chumpy": chumpy, "chumpy.ch": ch, "chumpy.reordering": reordering})
+  try:
+    d = dict(arrays)
+    d["shapedirs"] = Ch(arrays["shapedirs"])
+    joints = arrays["J_regressor"] @ arrays["v_template"]
+    d["J"] = Select(Ch(joints), np.arange(15), (5, 3))
+    import scipy.sparse as sp
+    d["J_regressor"] = sp.csc_matrix(arrays["J_regressor"])
+    return pickle.dumps(d, protocol=2)
+  finally:
+    for n, m in saved.items():
+      if m is None:
+        sys.modules.pop(n, None)
+      else:
+        sys.modules[n] = m
+
+
+# ----------------------------------------------------------------------------- numpy reference
+
+def _rodrigues_np(r):
+  t = np.linalg.norm(r)
+  if t < 1e-12:
+    return np.eye(3)
+  k = r / t
+  K = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+  return np.eye(3) + np.sin(t) * K + (1 - np.cos(t)) * K @ K
+
+
+def _flame_np(a, shape, expr, pose):
+  """Plain float64 FLAME LBS for one frame; pose (5, 3) = global, neck, jaw, eyes."""
+  dirs = a["shapedirs"]
+  betas = np.zeros(dirs.shape[2])
+  betas[:len(shape)] = shape
+  betas[300:300 + len(expr)] = expr
+  v = a["v_template"] + dirs @ betas
+  J = a["J_regressor"] @ v
+  R = [_rodrigues_np(p) for p in pose]
+  feat = np.concatenate([(R[k] - np.eye(3)).ravel() for k in range(1, 5)])
+  v = v + a["posedirs"] @ feat
+  parents = [-1, 0, 1, 1, 1]
+  G = []
+  for k in range(5):
+    T = np.eye(4)
+    T[:3, :3] = R[k]
+    T[:3, 3] = J[k] - (J[parents[k]] if k else 0)
+    G.append(T if k == 0 else G[parents[k]] @ T)
+  A = []
+  for k in range(5):
+    M = G[k].copy()
+    M[:3, 3] -= G[k][:3, :3] @ J[k]
+    A.append(M)
+  A = np.stack(A)
+  T = np.einsum("vk,kab->vab", a["weights"], A)
+  return np.einsum("vab,vb->va", T[:, :3, :3], v) + T[:, :3, 3]
+
+
+# ----------------------------------------------------------------------------- FLAME
+
+def test_forward_matches_numpy_lbs(arrays, model):
+  rng = np.random.default_rng(1)
+  B = 3
+  shape = rng.normal(0, 1, (B, 100)).astype(np.float32)
+  expr = rng.normal(0, 1, (B, 50)).astype(np.float32)
+  pose = rng.normal(0, 0.3, (B, 5, 3)).astype(np.float32)
+  import jax.numpy as jnp
+  out = np.asarray(flame.vertices(flame.to_device(model), jnp.asarray(expr), shape=jnp.asarray(shape),
+                                  global_rot=jnp.asarray(pose[:, 0]), neck=jnp.asarray(pose[:, 1]),
+                                  jaw=jnp.asarray(pose[:, 2]), eyes=jnp.asarray(pose[:, 3:].reshape(B, 6))))
+  assert out.shape == (B, synthetic.NUM_VERTICES, 3)
+  for b in range(B):
+    ref = _flame_np(arrays, shape[b].astype(np.float64), expr[b].astype(np.float64), pose[b].astype(np.float64))
+    np.testing.assert_allclose(out[b], ref, atol=1e-5, rtol=0)
+  # Zero pose and coefficients give the template.
+  zero = np.asarray(flame.vertices(flame.to_device(model), jnp.zeros((1, 50))))
+  np.testing.assert_allclose(zero[0], arrays["v_template"], atol=1e-6)
+
+
+def test_chumpy_pickle_loads_without_chumpy(arrays, model, tmp_path):
+  data = _chumpy_pickle(arrays)
+  assert b"chumpy.ch" in data and "chumpy" not in sys.modules and importlib.util.find_spec("chumpy") is None
+  path = tmp_path / "chumpy_model.pkl"
+  path.write_bytes(data)
+  loaded = safe_pickle.load(path)
+  np.testing.assert_array_equal(loaded["shapedirs"], arrays["shapedirs"])
+  np.testing.assert_allclose(loaded["J"], arrays["J_regressor"] @ arrays["v_template"])
+  np.testing.assert_array_equal(loaded["J_regressor"], arrays["J_regressor"])
+  m = flame.load_model(path)
+  for field in ("v_template", "shapedirs", "exprdirs", "posedirs", "j_regressor", "weights", "faces"):
+    np.testing.assert_array_equal(getattr(m, field), getattr(model, field))
+  assert "chumpy" not in sys.modules
+
+
+class _Evil:
+  def __init__(self, cmd):
+    self.cmd = cmd
+
+  def __reduce__(self):
+    return (os.system, (self.cmd,))
+
+
+@pytest.mark.parametrize("kind", ["os.system", "eval", "numpy_function", "chumpy_wrapped"])
+def test_malicious_pickle_is_refused_without_running_code(kind, tmp_path):
+  marker = tmp_path / "pwned"
+  cmd = f"touch {marker}"
+  if kind == "os.system":
+    payload = {"v_template": _Evil(cmd)}
+  elif kind == "eval":
+    class E:
+      def __reduce__(self):
+        return (eval, (f"open({str(marker)!r}, 'w').close()",))
+    payload = {"f": E()}
+  elif kind == "numpy_function":
+    class N:
+      def __reduce__(self):
+        return (np.savetxt, (str(marker), np.zeros(2)))
+    payload = [N()]
+  else:  # a chumpy-looking object whose state hides a reduce
+    payload = {"shapedirs": {"x": _Evil(cmd)}}
+  path = tmp_path / "evil.pkl"
+  path.write_bytes(pickle.dumps(payload, protocol=2))
+  with pytest.raises(safe_pickle.UnsafePickleError, match=r"evil\.pkl.*(refused|not allowed)"):
+    flame.load_model(path)
+  assert not marker.exists()
+
+
+def test_bad_model_files_name_the_problem(arrays, tmp_path):
+  d = dict(arrays)
+  d["posedirs"] = d["posedirs"][:, :, :30]
+  p = tmp_path / "bad.pkl"
+  synthetic.write_pickle(str(p), d)
+  with pytest.raises(flame.FlameModelError, match=r"bad\.pkl.*'posedirs' has shape"):
+    flame.load_model(p)
+  (tmp_path / "trunc.pkl").write_bytes(pickle.dumps({"a": np.zeros(3)}, protocol=2)[:20])
+  with pytest.raises(safe_pickle.UnsafePickleError, match=r"trunc\.pkl: not a readable pickle"):
+    flame.load_model(tmp_path / "trunc.pkl")
+  with pytest.raises(FileNotFoundError, match="missing.pkl"):
+    flame.load_model(tmp_path / "missing.pkl")
