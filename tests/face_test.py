@@ -266,3 +266,83 @@ def test_jaw_open_frames_differ_in_the_mouth_region(model):
     return diff[rows[sel].min():rows[sel].max() + 1, cols[sel].min():cols[sel].max() + 1].mean()
   assert box_mean(jaw) > 5.0
   assert box_mean(jaw) > 4 * box_mean(top)  # measured ~10x; the soft jaw weights move a little more
+
+
+# ----------------------------------------------------------------------------- ARKit
+
+def test_to_arkit_cli_recovers_known_weights_in_live_link_layout(tmp_path):
+  from scipy.spatial.transform import Rotation
+  from dualtalk_jax.face import arkit
+  rng = np.random.default_rng(3)
+  T, K = 40, 51
+  M = rng.normal(0, 1, (K, 103)).astype(np.float32)  # EMAGE/BEAT2 layout: exp 100 + jaw 3
+  w = rng.uniform(0, 1, (T, K))
+  w[rng.uniform(size=w.shape) < 0.3] = 0.0
+  w[rng.uniform(size=w.shape) < 0.1] = 1.0
+  flame_params = w @ M
+  angles = rng.uniform(-0.3, 0.3, (T, 3))  # yaw, pitch, roll
+  neck = Rotation.from_euler("YXZ", angles).as_rotvec()  # R = Ry(yaw) Rx(pitch) Rz(roll)
+  motion = np.concatenate([flame_params[:, :50], flame_params[:, 100:103], neck], 1).astype(np.float32)
+  np.save(tmp_path / "pred.npy", motion)
+  np.save(tmp_path / "mapping.npy", M)
+  out = tmp_path / "pred_arkit.csv"
+  r = subprocess.run([sys.executable, "-m", "experiments.to_arkit", f"--motion={tmp_path / 'pred.npy'}",
+                      f"--mapping={tmp_path / 'mapping.npy'}", f"--output={out}"], cwd=ROOT, capture_output=True,
+                     text=True, timeout=300)
+  assert r.returncode == 0, r.stderr
+  header = out.read_text().splitlines()[0].split(",")
+  assert header[:4] == ["Timecode", "BlendShapeCount", "EyeBlinkLeft", "EyeLookDownLeft"]
+  assert header[-10:] == ["TongueOut", "HeadYaw", "HeadPitch", "HeadRoll", "LeftEyeYaw", "LeftEyePitch",
+                          "LeftEyeRoll", "RightEyeYaw", "RightEyePitch", "RightEyeRoll"] and len(header) == 63
+  codes, values = arkit.read_live_link_csv(str(out))
+  assert codes[0] == "00:00:00:00.000" and codes[26] == "00:00:01:01.000"
+  assert all(line.split(",")[1] == "61" for line in out.read_text().splitlines()[1:])
+  got = values[:, [arkit.LIVE_LINK_FACE_BLENDSHAPES.index(n) for n in arkit.MAPPING_NAMES]]
+  np.testing.assert_allclose(got, w, atol=1e-3)
+  assert np.all(values[:, arkit.LIVE_LINK_FACE_BLENDSHAPES.index("TongueOut")] == 0)
+  np.testing.assert_allclose(values[:, 52:55], angles, atol=1e-5)
+  assert np.all(values[:, 55:] == 0)
+
+
+def test_arkit_solver_terms_match_scipy_bounded_least_squares():
+  import scipy.sparse as sp
+  from scipy.optimize import lsq_linear
+  from dualtalk_jax.face import arkit
+  rng = np.random.default_rng(4)
+  T, K = 12, 51
+  M = rng.normal(0, 1, (K, 53))
+  y = rng.uniform(0, 1, (T, K)) @ M + rng.normal(0, 0.5, (T, 53))  # noisy: bounds and terms are active
+  mapping = arkit.Mapping(M.astype(np.float32), arkit.MAPPING_NAMES)
+  l2, sym, smooth, jw = 0.1, 0.5, 1.0, 2.0
+  est, info = arkit.solve(y, mapping, l2=l2, symmetry=sym, smooth=smooth, jaw_weight=jw)
+  c = np.ones(53)
+  c[-3:] = jw
+  pairs = arkit.symmetric_pairs(mapping.names)
+  assert ("MouthSmileLeft", "MouthSmileRight") in [(mapping.names[i], mapping.names[j]) for i, j in pairs]
+  P = np.zeros((len(pairs), K))
+  for r, (i, j) in enumerate(pairs):
+    P[r, i], P[r, j] = 1, -1
+  D = sp.diags([-np.ones(T - 1), np.ones(T - 1)], [0, 1], shape=(T - 1, T))
+  A = sp.vstack([sp.kron(sp.eye(T), sp.csr_matrix((M * c).T)), np.sqrt(l2) * sp.eye(T * K),
+                 np.sqrt(sym) * sp.kron(sp.eye(T), sp.csr_matrix(P)), np.sqrt(smooth) * sp.kron(D, sp.eye(K))]).tocsr()
+  b = np.concatenate([(y * c).ravel(), np.zeros(A.shape[0] - T * 53)])
+  ref = lsq_linear(A, b, bounds=(0, 1), tol=1e-12).x.reshape(T, K)
+  assert 0 < (ref < 1e-6).mean() and info.iterations < 5000  # some bounds are active
+  np.testing.assert_allclose(est, ref, atol=5e-4)
+
+
+def test_arkit_mapping_validation_says_what_is_expected(tmp_path):
+  from dualtalk_jax.face import arkit
+  np.save(tmp_path / "t.npy", np.ones((103, 51), np.float32))
+  with pytest.raises(arkit.MappingError, match=r"t\.npy: shape \(103, 51\) looks transposed.*\(51, 53\) or \(51, 103\)"):
+    arkit.load_mapping(str(tmp_path / "t.npy"))
+  np.save(tmp_path / "c.npy", np.ones((51, 60), np.float32))
+  with pytest.raises(arkit.MappingError, match=r"c\.npy: 60 columns; expected"):
+    arkit.load_mapping(str(tmp_path / "c.npy"))
+  (tmp_path / "names.txt").write_text("jawOpen\nmouthSmile_L\nNotAShape\n")
+  with pytest.raises(arkit.MappingError, match=r"names\.txt: 'NotAShape' is not an ARKit"):
+    arkit.load_mapping(str(tmp_path / "c.npy"), str(tmp_path / "names.txt"))
+  (tmp_path / "names.txt").write_text("jawOpen\nmouthSmile_L\n")
+  np.save(tmp_path / "two.npy", np.ones((2, 53), np.float32))
+  m = arkit.load_mapping(str(tmp_path / "two.npy"), str(tmp_path / "names.txt"))
+  assert m.names == ("JawOpen", "MouthSmileLeft")
