@@ -47,9 +47,11 @@ class FlameModel:
   shapedirs: Any    # (V, 3, 300) identity basis
   exprdirs: Any     # (V, 3, E) expression basis, E = 100 in FLAME 2020
   posedirs: Any     # ((J-1)*9, V*3) pose correctives
-  j_regressor: Any  # (J, V)
+  j_template: Any   # (J, 3) = J_regressor @ v_template: joints regressed from the bases
+  j_shapedirs: Any  # (J, 3, 300)   (so that `restrict` can keep a vertex subset only)
+  j_exprdirs: Any   # (J, 3, E)
   weights: Any      # (V, J) skinning weights
-  faces: Any        # (F, 3) int32
+  faces: Any        # (F, 3) int32 (empty for a `restrict`ed model)
   parents: tuple[int, ...] = dataclasses.field(metadata=dict(static=True))
 
   @property
@@ -62,7 +64,8 @@ class FlameModel:
 
 
 jax.tree_util.register_dataclass(
-    FlameModel, data_fields=["v_template", "shapedirs", "exprdirs", "posedirs", "j_regressor", "weights", "faces"],
+    FlameModel, data_fields=["v_template", "shapedirs", "exprdirs", "posedirs", "j_template", "j_shapedirs", "j_exprdirs",
+                            "weights", "faces"],
     meta_fields=["parents"])
 
 
@@ -110,11 +113,26 @@ def model_from_arrays(d: Mapping[str, Any], path: str = "<arrays>") -> FlameMode
     raise FlameModelError(f"{path}: 'f' has shape {faces.shape} / dtype {faces.dtype}, expected integer (F, 3)")
   if faces.size and (faces.min() < 0 or faces.max() >= nv):
     raise FlameModelError(f"{path}: 'f' indexes vertices outside [0, {nv})")
+  jreg64 = jreg.astype(np.float64)
   return FlameModel(
       v_template=v, shapedirs=np.ascontiguousarray(dirs[:, :, :NUM_SHAPE]),
       exprdirs=np.ascontiguousarray(dirs[:, :, NUM_SHAPE:]),
       posedirs=np.ascontiguousarray(posedirs.reshape(-1, posedirs.shape[-1]).T),
-      j_regressor=jreg, weights=weights, faces=faces.astype(np.int32), parents=tuple(parents))
+      j_template=(jreg64 @ v).astype(np.float32),
+      j_shapedirs=np.einsum("jv,vcs->jcs", jreg64, dirs[:, :, :NUM_SHAPE]).astype(np.float32),
+      j_exprdirs=np.einsum("jv,vce->jce", jreg64, dirs[:, :, NUM_SHAPE:]).astype(np.float32),
+      weights=weights, faces=faces.astype(np.int32), parents=tuple(parents))
+
+
+def restrict(model: FlameModel, indices: np.ndarray) -> FlameModel:
+  """The model evaluated at a subset of vertices only (same joints): cheap region metrics."""
+  idx = np.asarray(indices, np.int64)
+  nv = model.num_vertices
+  posedirs = np.asarray(model.posedirs).reshape(-1, nv, 3)[:, idx].reshape(model.posedirs.shape[0], -1)
+  return dataclasses.replace(
+      model, v_template=np.asarray(model.v_template)[idx], shapedirs=np.asarray(model.shapedirs)[idx],
+      exprdirs=np.asarray(model.exprdirs)[idx], posedirs=posedirs, weights=np.asarray(model.weights)[idx],
+      faces=np.zeros((0, 3), np.int32))
 
 
 def load_model(path: str | os.PathLike) -> FlameModel:
@@ -201,7 +219,8 @@ def forward(model: FlameModel, expression: jax.Array, *, shape: jax.Array | None
   hi = jax.lax.Precision.HIGHEST
   v_shaped = (model.v_template + jnp.einsum("...s,vcs->...vc", betas, model.shapedirs, precision=hi)
               + jnp.einsum("...e,vce->...vc", expr, model.exprdirs, precision=hi))
-  joints = jnp.einsum("jv,...vc->...jc", model.j_regressor, v_shaped, precision=hi)
+  joints = (model.j_template + jnp.einsum("...s,jcs->...jc", betas, model.j_shapedirs, precision=hi)
+            + jnp.einsum("...e,jce->...jc", expr, model.j_exprdirs, precision=hi))  # = J_regressor @ v_shaped
   rot = rodrigues(full.reshape(batch + (NUM_JOINTS, 3)))  # (..., J, 3, 3)
   pose_feature = (rot[..., 1:, :, :] - jnp.eye(3, dtype=jnp.float32)).reshape(batch + (-1,))
   v_posed = v_shaped + jnp.matmul(pose_feature, model.posedirs, precision=hi).reshape(v_shaped.shape)
