@@ -425,3 +425,41 @@ def test_evaluate_cli_needs_both_flame_files(tmp_path):
                       f"--output={tmp_path / 'm.json'}", "--flame_model=x.pkl"], cwd=ROOT, capture_output=True,
                      text=True, timeout=300)
   assert r.returncode == 1 and "--flame_model and --flame_masks go together" in r.stderr
+
+
+# ----------------------------------------------------------------------------- shortcuts (slow)
+
+DEMO = os.path.join(os.path.dirname(ROOT), "shared", "samples", "dualtalk_demo")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir(DEMO), reason="../shared/samples/dualtalk_demo is absent")
+def test_infer_render_shortcut_on_the_demo(model_path, tmp_path):
+  import av
+  from dualtalk_jax import audio, checkpoint
+  from predict_test import perturbed_model
+  model = perturbed_model()
+  ckpt = str(tmp_path / "tiny")
+  checkpoint.save_params(ckpt, checkpoint.model_params(model), model.config)
+  clip = os.path.join(DEMO, "UbjUDM1MiGE_sub_video_72")
+  r = subprocess.run([sys.executable, "-m", "experiments.infer", f"--checkpoint={ckpt}", f"--audio_self={clip}_speaker1.wav",
+                      f"--audio_other={clip}_speaker2.wav", f"--motion_other={clip}_speaker2.npz",
+                      f"--output={tmp_path / 'pred.npy'}", f"--render={tmp_path / 'pred.mp4'}",
+                      f"--flame_model={model_path}"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+  assert r.returncode == 0, r.stderr[-3000:]
+  t = len(np.load(tmp_path / "pred.npy"))
+  assert t == audio.num_frames(len(audio.load_audio(f"{clip}_speaker1.wav")))
+  with av.open(str(tmp_path / "pred.mp4")) as c:
+    assert c.streams.video[0].frames == t and c.streams.audio[0].channels == 2
+
+
+@pytest.mark.slow
+def test_quickstart_renders_with_flame_model(model_path, tmp_path):
+  import av
+  from dualtalk_jax.train import quickstart as qs
+  r = qs.run(str(tmp_path / "qs"), flame_model=model_path, total_steps=3, checkpoint_every=3, eval_every=3,
+             progress_bar=False, **{"synthetic.num_train_clips": 3, "synthetic.num_val_clips": 2,
+                                    "synthetic.min_seconds": 4.0, "synthetic.max_seconds": 5.0,
+                                    "data.window_frames": 25, "data.thread_count": 0})
+  with av.open(r["video"]) as c:
+    assert c.streams.video[0].frames >= 100 and c.streams.audio[0].channels == 2

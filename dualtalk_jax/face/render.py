@@ -310,6 +310,11 @@ def render_video(output: str, model: flame.FlameModel, speakers: Sequence[Speake
     log(f"note: {n}")
   params = [None if s.params is None else fit_length(s.params, frames) for s in speakers]
   voices = [fit_audio(s.audio, frames) for s in speakers if s.audio is not None]
+  for i, v in enumerate(voices):
+    peak = float(np.max(np.abs(v))) if v.size else 0.0
+    if peak > 1.0:  # e.g. normalised (unit-variance) audio: scale down rather than clip
+      voices[i] = v * (0.99 / peak)
+      log(f"note: voice {i + 1} peaks at {peak:.2f} (> 1): scaled by {0.99 / peak:.3f} to avoid clipping")
 
   dev_model = flame.to_device(model)
   panels = [p for p in params if p is not None]  # faces left to right; a voice may have no face
@@ -364,23 +369,35 @@ def render_video(output: str, model: flame.FlameModel, speakers: Sequence[Speake
           "audio_channels": len(voices), "notes": notes}
 
 
-def load_speaker(motion_path: str | None, audio_path: str | None) -> Speaker:
-  """A panel's motion (.npy (T, 56) or FLAME .npz) and voice (any rate, resampled to 16 kHz)."""
+def load_speaker(motion_path: str | None, audio_path: str | None, channel: int | None = None) -> Speaker:
+  """A panel's motion (.npy (T, 56) or FLAME .npz) and voice (any rate, resampled to 16 kHz;
+  `channel` picks one of a multichannel file)."""
   params = flame.load_params(motion_path) if motion_path else None
-  voice = audio_lib.load_audio(audio_path) if audio_path else None
+  voice = audio_lib.load_audio(audio_path, channel=channel) if audio_path else None
   return Speaker(params, voice)
+
+
+def render_conversation(output: str, flame_model: str | flame.FlameModel, motion: np.ndarray,
+                        audio: np.ndarray | None = None, motion_other: np.ndarray | None = None,
+                        audio_other: np.ndarray | None = None, *, size: int = 512, progress: bool = True) -> dict:
+  """Renders in-memory (T, 56) motion and 16 kHz voices (left: the target, right: the partner)."""
+  model = flame.load_model(flame_model) if isinstance(flame_model, str) else flame_model
+  speakers = [Speaker(flame.params_from_motion(motion), audio)]
+  if motion_other is not None or audio_other is not None:
+    speakers.append(Speaker(None if motion_other is None else flame.params_from_motion(motion_other), audio_other))
+  return render_video(output, model, speakers, size=size, progress=progress)
 
 
 def render_files(output: str, flame_model: str, motion: str, *, audio: str | None = None,
                  motion_other: str | None = None, audio_other: str | None = None, size: int = 512,
-                 progress: bool = True, log: Callable[[str], None] | None = None) -> dict:
+                 channel: int | None = None, progress: bool = True, log: Callable[[str], None] | None = None) -> dict:
   """`experiments.render`: loads the model and the inputs (errors name the file), renders.
 
-  Left panel: `motion` with `audio`; right panel (when `motion_other` or `audio_other` is
-  given): the partner.
+  Left panel: `motion` with `audio`; right panel (when `motion_other` is given): the
+  partner; `audio_other` goes to the right audio channel.
   """
   model = flame.load_model(flame_model)
-  speakers = [load_speaker(motion, audio)]
+  speakers = [load_speaker(motion, audio, channel)]
   if motion_other or audio_other:
-    speakers.append(load_speaker(motion_other, audio_other))
+    speakers.append(load_speaker(motion_other, audio_other, channel))
   return render_video(output, model, speakers, size=size, progress=progress, log=log)
