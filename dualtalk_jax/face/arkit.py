@@ -152,9 +152,12 @@ class SolveInfo:
   rms_error: float  # of w M - y over the fitted columns (unweighted)
 
 
-@functools.partial(jax.jit, static_argnames=("max_iter",))
-def _admm(b, eigval, eigvec, smooth, rho, tol, max_iter):
-  """ADMM for min sum_t (w_t A w_t' - 2 b_t w_t') + smooth |D w|^2 over w in [0, 1]."""
+@functools.partial(jax.jit, static_argnames=("max_iter", "temporal"))
+def _admm(b, eigval, eigvec, smooth, rho, tol, max_iter, temporal):
+  """ADMM for min sum_t (w_t A w_t' - 2 b_t w_t') + smooth |D w|^2 over w in [0, 1].
+
+  `temporal=False` (smooth == 0): frames are independent and the DCT steps are skipped.
+  """
   t = b.shape[0]
   lap = 2.0 - 2.0 * jnp.cos(jnp.pi * jnp.arange(t, dtype=b.dtype) / t)  # eigenvalues of D'D (DCT-II basis)
   denom = 2.0 * eigval[None, :] + rho + 2.0 * smooth * lap[:, None]
@@ -162,8 +165,11 @@ def _admm(b, eigval, eigvec, smooth, rho, tol, max_iter):
 
   def w_step(z, u):
     rhs = jnp.matmul(2.0 * b + rho * (z - u), eigvec, precision=hi)
-    rhs = jax.scipy.fft.dct(rhs, type=2, axis=0, norm="ortho")
-    w = jax.scipy.fft.idct(rhs / denom, type=2, axis=0, norm="ortho")
+    if temporal:
+      rhs = jax.scipy.fft.dct(rhs, type=2, axis=0, norm="ortho")
+      w = jax.scipy.fft.idct(rhs / denom, type=2, axis=0, norm="ortho")
+    else:
+      w = rhs / denom
     return jnp.matmul(w, eigvec.T, precision=hi)
 
   def body(state):
@@ -210,7 +216,7 @@ def solve(targets: np.ndarray, mapping: Mapping, *, l2: float = 0.0, symmetry: f
   rho = 2.0 * np.sqrt(max(eigval[0], 1e-4 * top) * top)  # ~ sqrt(l_min l_max) of the Hessian 2A
   w, it, r, s = _admm(jnp.asarray(b, jnp.float32), jnp.asarray(eigval, jnp.float32),
                       jnp.asarray(eigvec, jnp.float32), jnp.float32(smooth), jnp.float32(rho), jnp.float32(tol),
-                      max_iter=max_iter)
+                      max_iter=max_iter, temporal=smooth > 0)
   w = np.asarray(w, np.float64)
   rms = float(np.sqrt(np.mean((w @ m - y) ** 2))) if len(y) else 0.0
   return w.astype(np.float32), SolveInfo(int(it), float(r), float(s), rms)
