@@ -91,13 +91,14 @@ class Renderer:
       import moderngl
     except ImportError as e:
       raise RenderError(f"moderngl is not installed ({e}); pip install -r requirements.txt") from None
-    kwargs = {"standalone": True, "backend": backend or "egl"}
+    backend = backend or ("egl" if sys.platform.startswith("linux") else None)  # headless on Linux
     try:
-      self.ctx = moderngl.create_context(**kwargs)
+      self.ctx = moderngl.create_context(standalone=True, **({"backend": backend} if backend else {}))
     except Exception as e:
       raise RenderError(
           f"could not create a headless OpenGL context (EGL): {e}. On Debian/Ubuntu: "
-          "`apt-get install -y libegl1 libgl1-mesa-dri` (Mesa's software renderer; a GPU driver's EGL also works)."
+          "`apt-get install -y libgl1 libegl1 libegl-mesa0 libgl1-mesa-dri` (Mesa's software renderer "
+          "llvmpipe; a GPU driver's EGL also works)."
       ) from None
     self.size, self.panels, self.num_vertices = size, panels, num_vertices
     self.width, self.height = size * panels, size
