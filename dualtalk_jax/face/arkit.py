@@ -280,16 +280,6 @@ def motion_to_arkit(motion: np.ndarray, mapping: Mapping, **solver) -> tuple[np.
   return weights, head_angles(motion[:, audio.EXP_DIM + JAW_DIM:]), info
 
 
-def load_motion_file(path: str) -> np.ndarray:
-  """(T, 56) motion from a prediction `.npy` or a FLAME `.npz`; errors name the file."""
-  from dualtalk_jax.eval.evaluate import load_prediction
-  from dualtalk_jax.eval.predict import InputError, load_motion
-
-  if not os.path.isfile(path):
-    raise InputError(f"{path}: no such motion file")
-  return load_motion(path) if path.endswith(".npz") else load_prediction(path)
-
-
 def convert_file(motion_path: str, mapping_path: str, output: str, *, names_path: str | None = None,
                  **solver) -> dict:
   """`experiments.to_arkit`: motion file -> Live Link Face CSV; returns a summary."""
@@ -298,8 +288,11 @@ def convert_file(motion_path: str, mapping_path: str, output: str, *, names_path
   parent = os.path.dirname(os.path.abspath(output))
   if not os.path.isdir(parent):
     raise FileNotFoundError(f"{parent}: output folder does not exist")
+  from dualtalk_jax.face import flame
+
   mapping = load_mapping(mapping_path, names_path)
-  motion = load_motion_file(motion_path)
+  p = flame.load_params(motion_path)
+  motion = np.concatenate([p.expression, p.jaw, p.neck], axis=1)
   start = time.time()
   weights, head, info = motion_to_arkit(motion, mapping, **solver)
   elapsed = time.time() - start

@@ -281,31 +281,36 @@ def params_from_motion(motion: np.ndarray, shape: np.ndarray | None = None) -> F
                      None if shape is None else np.asarray(shape, np.float32))
 
 
+def npz_shape(path: str) -> np.ndarray | None:
+  """The identity of a FLAME npz: its `shape` (T, s) averaged over frames (or (s,)), or None."""
+  from dualtalk_jax.eval.predict import InputError
+
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      if "shape" not in z.files:
+        return None
+      s = np.asarray(z["shape"], np.float32)
+  except Exception as e:
+    raise InputError(f"{path}: unreadable 'shape' ({type(e).__name__}: {e})") from None
+  s = s.mean(axis=0) if s.ndim == 2 else s
+  if s.ndim != 1 or s.shape[0] > NUM_SHAPE or not np.all(np.isfinite(s)):
+    raise InputError(f"{path}: 'shape' must be (T, s<=300) or (s,) finite values, got {s.shape}")
+  return s
+
+
 def load_params(path: str) -> FlameParams:
   """A speaker's motion from a (T, 56) `.npy` or a FLAME `.npz` (exp, pose[, shape]).
 
-  An npz's `shape` (T, s) is averaged over frames and used as the identity; a `.npy`
-  renders the mean FLAME face. Errors name the file.
+  An npz's `shape` is the face's identity (`npz_shape`); a `.npy` renders the mean FLAME
+  face. Errors name the file.
   """
+  from dualtalk_jax.eval.evaluate import load_prediction
   from dualtalk_jax.eval.predict import InputError, load_motion
 
-  if path.endswith(".npz"):
-    motion = load_motion(path)
-    shape = None
-    try:
-      with np.load(path, allow_pickle=False) as z:
-        if "shape" in z.files:
-          s = np.asarray(z["shape"], np.float32)
-          shape = s.mean(axis=0) if s.ndim == 2 else s
-    except Exception as e:
-      raise InputError(f"{path}: unreadable 'shape' ({type(e).__name__}: {e})") from None
-    if shape is not None and (shape.ndim != 1 or shape.shape[0] > NUM_SHAPE or not np.all(np.isfinite(shape))):
-      raise InputError(f"{path}: 'shape' must be (T, s<=300) or (s,) finite values, got {shape.shape}")
-    return params_from_motion(motion, shape)
   if not os.path.isfile(path):
     raise InputError(f"{path}: no such motion file")
-  from dualtalk_jax.eval.evaluate import load_prediction
-
+  if path.endswith(".npz"):
+    return params_from_motion(load_motion(path), npz_shape(path))
   return params_from_motion(load_prediction(path))
 
 

@@ -126,18 +126,6 @@ class VertexScorer:
             "per_file": {"lve": sums / counts, "fdd": np.array(fdds)}}
 
 
-def gt_shape(npz_path: str) -> np.ndarray | None:
-  """The identity of a FLAME npz: `shape` averaged over frames, or None."""
-  with np.load(npz_path, allow_pickle=False) as z:
-    if "shape" not in z.files:
-      return None
-    s = np.asarray(z["shape"], np.float32)
-  s = s.mean(0) if s.ndim == 2 else s
-  if s.ndim != 1 or s.shape[0] > flame.NUM_SHAPE or not np.all(np.isfinite(s)):
-    raise ValueError(f"{npz_path}: 'shape' must be (T, s<=300) finite values")
-  return s
-
-
 def add_to_result(result: dict, pred_dir: str, data_dir: str, flame_model: str, flame_masks: str) -> dict:
   """Adds `lve` and `fdd` (mean and per file) to an `evaluate.score_predictions` result."""
   from dualtalk_jax.eval import evaluate
@@ -149,7 +137,7 @@ def add_to_result(result: dict, pred_dir: str, data_dir: str, flame_model: str, 
     gt_path = os.path.join(data_dir, name + ".npz")
     preds.append(evaluate.load_prediction(os.path.join(pred_dir, name + ".npy")))
     gts.append(load_motion(gt_path))
-    shapes.append(gt_shape(gt_path))
+    shapes.append(flame.npz_shape(gt_path))
   vm = scorer.score(preds, gts, shapes)
   result["mean"].update(vm["mean"])
   result["per_file"].update(vm["per_file"])
