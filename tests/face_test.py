@@ -151,6 +151,28 @@ def test_chumpy_pickle_loads_without_chumpy(arrays, model, tmp_path):
   assert "chumpy" not in sys.modules
 
 
+def test_unevaluable_chumpy_expression_is_an_error_only_where_used(arrays, tmp_path, monkeypatch):
+  ch_ops = types.ModuleType("chumpy.ch_ops")
+
+  class add:  # a chumpy expression: no stored array
+    def __init__(self, a, b):
+      self.a, self.b = a, b
+
+  add.__module__, add.__qualname__ = "chumpy.ch_ops", "add"
+  ch_ops.add = add
+  monkeypatch.setitem(sys.modules, "chumpy", types.ModuleType("chumpy"))
+  monkeypatch.setitem(sys.modules, "chumpy.ch_ops", ch_ops)
+  unused = pickle.dumps({**arrays, "J": add(np.zeros(3), np.ones(3))}, protocol=2)
+  used = pickle.dumps({**arrays, "weights": add(np.zeros(3), np.ones(3))}, protocol=2)
+  monkeypatch.delitem(sys.modules, "chumpy")
+  monkeypatch.delitem(sys.modules, "chumpy.ch_ops")
+  (tmp_path / "unused.pkl").write_bytes(unused)
+  (tmp_path / "used.pkl").write_bytes(used)
+  assert flame.load_model(tmp_path / "unused.pkl").num_vertices == synthetic.NUM_VERTICES
+  with pytest.raises(flame.FlameModelError, match=r"used\.pkl: 'weights' is a chumpy expression"):
+    flame.load_model(tmp_path / "used.pkl")
+
+
 class _Evil:
   def __init__(self, cmd):
     self.cmd = cmd

@@ -72,6 +72,8 @@ jax.tree_util.register_dataclass(
 def _get(d: Mapping[str, Any], key: str, path: str) -> np.ndarray:
   if key not in d:
     raise FlameModelError(f"{path}: not a FLAME model: key {key!r} missing (has {sorted(d)})")
+  if isinstance(d[key], safe_pickle.Unresolved):
+    raise FlameModelError(f"{path}: {key!r} is {d[key].reason}")
   a = np.asarray(d[key])
   if a.dtype.hasobject or a.dtype.kind not in "fiub":
     raise FlameModelError(f"{path}: {key!r} is not a numeric array (dtype {a.dtype})")

@@ -48,6 +48,16 @@ class SparseHolder(ChumpyHolder):
   """Stands in for a scipy sparse matrix class: records its pickled state."""
 
 
+class Unresolved:
+  """A chumpy expression that needs chumpy to evaluate; an error only if its value is used."""
+
+  def __init__(self, reason: str):
+    self.reason = reason
+
+  def __repr__(self):
+    return f"Unresolved({self.reason})"
+
+
 def _numpy_attr(name):
   core = getattr(np, "_core", None) or np.core
   return getattr(core.multiarray, name) if name != "_frombuffer" else core.numeric._frombuffer
@@ -140,10 +150,10 @@ def _sparse_to_dense(h: SparseHolder) -> np.ndarray:
   return np.asarray(m.toarray())
 
 
-def _chumpy_to_array(h: ChumpyHolder, depth: int = 0) -> np.ndarray:
+def _chumpy_to_array(h: ChumpyHolder, depth: int = 0) -> np.ndarray | Unresolved:
   st = h.state
   if depth > 8 or not isinstance(st, dict):
-    raise UnsafePickleError("chumpy object without a stored array")
+    return Unresolved("a chumpy object without a stored array")
   if "x" in st:
     x = to_arrays(st["x"], depth + 1)
     if not isinstance(x, np.ndarray) or x.dtype.hasobject:
@@ -151,14 +161,19 @@ def _chumpy_to_array(h: ChumpyHolder, depth: int = 0) -> np.ndarray:
     return x
   if "a" in st and "idxs" in st:  # chumpy.reordering.Select: a.ravel()[idxs], reshaped
     src = to_arrays(st["a"], depth + 1)
-    idxs = np.asarray(to_arrays(st["idxs"], depth + 1))
-    if not isinstance(src, np.ndarray) or idxs.dtype.kind not in "iu":
+    idxs = to_arrays(st["idxs"], depth + 1)
+    if isinstance(src, Unresolved):
+      return src
+    if not isinstance(src, np.ndarray) or not isinstance(idxs, np.ndarray) or idxs.dtype.kind not in "iu":
       raise UnsafePickleError("chumpy Select without an array source and integer indices")
-    out = src.reshape(-1)[idxs]
-    shape = st.get("preferred_shape")
-    return out.reshape(tuple(shape)) if shape is not None else out
-  raise UnsafePickleError("a chumpy expression that would need chumpy to evaluate (state keys "
-                          f"{sorted(st)[:8]}); only stored arrays (Ch) and Select are supported")
+    try:
+      out = src.reshape(-1)[idxs]
+      shape = st.get("preferred_shape")
+      return out.reshape(tuple(shape)) if shape is not None else out
+    except (IndexError, ValueError, TypeError) as e:
+      raise UnsafePickleError(f"chumpy Select with bad indices or shape ({e})") from None
+  return Unresolved(f"a chumpy expression (state keys {sorted(st)[:8]}) that needs chumpy to evaluate; "
+                    "only stored arrays (Ch) and Select are read")
 
 
 def to_arrays(obj: Any, depth: int = 0) -> Any:
