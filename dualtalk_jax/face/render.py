@@ -320,14 +320,7 @@ def render_video(output: str, model: flame.FlameModel, speakers: Sequence[Speake
   dev_model = flame.to_device(model)
   panels = [p for p in params if p is not None]  # faces left to right; a voice may have no face
   renderer = Renderer(np.asarray(model.faces), model.num_vertices, size, len(panels), backend=backend)
-  # Frame each panel on the bounding box of its whole sequence: a fixed camera, no jitter.
-  for k, p in enumerate(panels):
-    lo, hi = np.full(3, np.inf), np.full(3, -np.inf)
-    for v in flame.sequence_vertices(dev_model, p, chunk=chunk):
-      lo, hi = np.minimum(lo, v.min(axis=(0, 1))), np.maximum(hi, v.max(axis=(0, 1)))
-    renderer.set_camera(k, camera_for(lo, hi))
-
-  bar = Progress(frames, "render", stream=sys.stderr) if progress else None
+  bar = None
   start = time.time()
 
   def write(tmp):
@@ -359,6 +352,14 @@ def render_video(output: str, model: flame.FlameModel, speakers: Sequence[Speake
       container.mux(encoder.audio)
 
   try:
+    # Frame each panel on the bounding box of its whole sequence: a fixed camera, no jitter.
+    for k, p in enumerate(panels):
+      lo, hi = np.full(3, np.inf), np.full(3, -np.inf)
+      for v in flame.sequence_vertices(dev_model, p, chunk=chunk):
+        lo, hi = np.minimum(lo, v.min(axis=(0, 1))), np.maximum(hi, v.max(axis=(0, 1)))
+      renderer.set_camera(k, camera_for(lo, hi))
+    bar = Progress(frames, "render", stream=sys.stderr) if progress else None
+    start = time.time()
     atomic_write(output, write)
   finally:
     if bar:
