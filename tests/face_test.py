@@ -368,6 +368,9 @@ def test_arkit_mapping_validation_says_what_is_expected(tmp_path):
   np.save(tmp_path / "two.npy", np.ones((2, 53), np.float32))
   m = arkit.load_mapping(str(tmp_path / "two.npy"), str(tmp_path / "names.txt"))
   assert m.names == ("JawOpen", "MouthSmileLeft")
+  np.save(tmp_path / "all52.npy", np.ones((52, 103), np.float32))  # with TongueOut: all of Live Link Face's
+  m = arkit.load_mapping(str(tmp_path / "all52.npy"))
+  assert m.names == arkit.LIVE_LINK_FACE_BLENDSHAPES and m.matrix.shape == (52, 53)
 
 
 # ----------------------------------------------------------------------------- vertex metrics

@@ -4,7 +4,8 @@ The mapping is the user's matrix `M` (K x C) taking ARKit weights to FLAME, as E
 BEAT2 publish it (`mat_final.npy`, 51 x 103): a row per ARKit blendshape, columns = FLAME
 expression (100, or the 50 DualTalk predicts) then jaw axis-angle (3), so that
 `flame = w @ M`. Rows follow the Live Link Face order of the 52 ARKit shapes without
-TongueOut (`MAPPING_NAMES`) unless a names file says otherwise. Of a 103-column matrix
+TongueOut (`MAPPING_NAMES`; a 52-row matrix: all 52 with TongueOut) unless a names file
+says otherwise. Of a 103-column matrix
 only the 50 predicted expression columns and the jaw are fitted: the other 50 FLAME
 coefficients are not predicted (they are not targets equal to zero).
 
@@ -98,7 +99,7 @@ class Mapping:
 
 
 EXPECTED = ("expected a float matrix of shape (51, 53) or (51, 103): one row per ARKit blendshape (Live "
-            "Link Face order without TongueOut, or the order of --mapping_names), columns = FLAME expression "
+            "Link Face order without TongueOut; 52 rows: with it; or the order of --mapping_names), columns = FLAME expression "
             "(50 or 100) then jaw axis-angle (3), so that flame = weights @ M (EMAGE/BEAT2's mat_final.npy "
             "is (51, 103))")
 
@@ -112,6 +113,8 @@ def load_mapping(path: str, names_path: str | None = None) -> Mapping:
   except Exception as e:
     raise MappingError(f"{path}: not a readable .npy ({type(e).__name__}: {e}); {EXPECTED}") from None
   names = MAPPING_NAMES
+  if m.ndim == 2 and m.shape[0] == len(LIVE_LINK_FACE_BLENDSHAPES) and not names_path:
+    names = LIVE_LINK_FACE_BLENDSHAPES  # all 52, TongueOut included, in Live Link Face order
   if names_path:
     try:
       with open(names_path) as f:
@@ -127,7 +130,7 @@ def load_mapping(path: str, names_path: str | None = None) -> Mapping:
   k = len(names)
   if m.ndim != 2 or m.dtype.kind not in "fiu":
     raise MappingError(f"{path}: array of shape {m.shape} and dtype {m.dtype}; {EXPECTED}")
-  if m.shape[0] != k and m.shape[1] == k and m.shape[0] in (audio.EXP_DIM + JAW_DIM, 100 + JAW_DIM):
+  if m.shape[0] != k and m.shape[1] in {k, 51, 52} and m.shape[0] in (audio.EXP_DIM + JAW_DIM, 100 + JAW_DIM):
     raise MappingError(f"{path}: shape {m.shape} looks transposed (FLAME x ARKit); save M.T. {EXPECTED}")
   if m.shape[0] != k:
     raise MappingError(f"{path}: {m.shape[0]} rows but {k} blendshape names; {EXPECTED}")
