@@ -322,8 +322,7 @@ def _chunk(model, expression, jaw, neck, shape, with_normals=False):
   return (v, vertex_normals(v, model.faces)) if with_normals else v
 
 
-def sequence_vertices(model: FlameModel, params: FlameParams, *, chunk: int = 64, with_normals: bool = False,
-                      zero_neck: bool = False):
+def sequence_vertices(model: FlameModel, params: FlameParams, *, chunk: int = 64, with_normals: bool = False):
   """Yields (vertices (n, V, 3)[, normals]) numpy chunks over a whole sequence.
 
   Every chunk is padded to `chunk` frames, so one compile serves any length; the next
@@ -336,8 +335,7 @@ def sequence_vertices(model: FlameModel, params: FlameParams, *, chunk: int = 64
   def dispatch(start):
     stop = min(start + chunk, n)
     pad = [(0, chunk - (stop - start)), (0, 0)]
-    neck = np.zeros_like(params.neck[start:stop]) if zero_neck else params.neck[start:stop]
-    args = [jnp.asarray(np.pad(a, pad)) for a in (params.expression[start:stop], params.jaw[start:stop], neck)]
+    args = [jnp.asarray(np.pad(a[start:stop], pad)) for a in (params.expression, params.jaw, params.neck)]
     return stop - start, _chunk(model, *args, shape, with_normals=with_normals)
 
   pending = dispatch(0) if n else None
