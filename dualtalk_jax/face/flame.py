@@ -11,8 +11,11 @@ reference implementations (FLAME_PyTorch, smplx `lbs`):
     v        = sum_k weights[:, k] * G_k(R, J) @ v_posed     (linear blend skinning)
 
 DualTalk's 56-d motion gives the first 50 of the 100 expression coefficients (the rest
-stay zero), the jaw and the neck rotation; global rotation and eyes are zero
-(`params_from_motion`). The model file is read with `safe_pickle` (no chumpy, no code
+stay zero), the jaw and the head rotation that DualTalk calls "neck" (`params_from_motion`);
+eyes are zero. The dataset's FLAME npz files are DECA/EMOCA codes (`shape` 100, `exp` 50,
+`pose` 6, `tex`, `cam`, `light`), whose 6-d pose is [global rotation, jaw]: DECA's FLAME
+puts `pose[:, :3]` on the root joint and keeps FLAME's neck joint at zero. Meshes are built
+the same way: the whole head and neck turn rigidly about the root joint. The model file is read with `safe_pickle` (no chumpy, no code
 runs); `.npz` files with the same keys are accepted too.
 """
 
@@ -318,7 +321,7 @@ def load_params(path: str) -> FlameParams:
 
 @functools.partial(jax.jit, static_argnames=("with_normals",))
 def _chunk(model, expression, jaw, neck, shape, with_normals=False):
-  v = forward(model, expression, shape=shape, neck=neck, jaw=jaw)
+  v = forward(model, expression, shape=shape, global_rot=neck, jaw=jaw)  # "neck" on the root joint, as DECA
   return (v, vertex_normals(v, model.faces)) if with_normals else v
 
 

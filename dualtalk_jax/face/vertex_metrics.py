@@ -54,7 +54,8 @@ def regions(masks: dict[str, np.ndarray], path: str = "FLAME_masks.pkl") -> tupl
 
 def _verts(model, motion, shape, zero_neck):
   neck = jnp.zeros_like(motion[:, 53:56]) if zero_neck else motion[:, 53:56]
-  return flame.forward(model, motion[:, :audio.EXP_DIM], shape=shape, jaw=motion[:, 50:53], neck=neck)
+  return flame.forward(model, motion[:, :audio.EXP_DIM], shape=shape, jaw=motion[:, 50:53],
+                       global_rot=neck)  # "neck" on the root joint, as flame.py explains
 
 
 @functools.partial(jax.jit, static_argnames=("zero_neck",))
