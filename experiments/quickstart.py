@@ -6,7 +6,7 @@ a plot and a PyTorch export (see dualtalk_jax/train/quickstart.py); with
 `--flame_model=generic_model.pkl` also a rendered video of a held-out clip.
 """
 
-import json
+import sys
 
 from absl import app, flags
 
@@ -23,8 +23,16 @@ def main(argv):
   runtime.configure()
   from dualtalk_jax.train import quickstart
 
+  flame_model = None
+  if _FLAME_MODEL.value:  # read before training: a bad file costs a second, not a run
+    from dualtalk_jax.face import flame
+    try:
+      flame_model = flame.load_model(_FLAME_MODEL.value)
+    except (OSError, ValueError) as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(1)
   overrides = {} if _STEPS.value is None else {"total_steps": _STEPS.value}
-  r = quickstart.run(_WORKDIR.value, flame_model=_FLAME_MODEL.value, **overrides)
+  r = quickstart.run(_WORKDIR.value, flame_model=flame_model, **overrides)
   mse = r["mse"]
   print("\nquickstart finished")
   print(f"  held-out MSE, all 56 dims: model {mse['model_all']:.5f} vs mean-pose baseline {mse['baseline_all']:.5f}"

@@ -30,10 +30,21 @@ _SIZE = flags.DEFINE_integer("size", 512, "Height and width of each face's panel
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from dualtalk_jax import runtime
+
+  runtime.configure()
+  from dualtalk_jax import files
   from dualtalk_jax.face import render
 
   start = time.time()
   try:
+    # every path first: nothing slow happens before they are known to be usable
+    for path, what in ((_FLAME_MODEL.value, "FLAME model (--flame_model)"), (_MOTION.value, "motion (--motion)"),
+                       (_MOTION_OTHER.value, "partner motion (--motion_other)"), (_AUDIO.value, "audio (--audio)"),
+                       (_AUDIO_OTHER.value, "partner audio (--audio_other)")):
+      if path:
+        files.require_file(path, what)
+    files.prepare_output(_OUTPUT.value, "--output", (".mp4", ".mov", ".mkv"))
     r = render.render_files(_OUTPUT.value, _FLAME_MODEL.value, _MOTION.value, audio=_AUDIO.value,
                             motion_other=_MOTION_OTHER.value, audio_other=_AUDIO_OTHER.value, size=_SIZE.value)
   except (OSError, ValueError, ImportError, RuntimeError) as e:

@@ -33,9 +33,18 @@ _MAX_ITER = flags.DEFINE_integer("max_iter", 5000, "Solver iteration limit.")
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from dualtalk_jax import runtime
+
+  runtime.configure()
+  from dualtalk_jax import files
   from dualtalk_jax.face import arkit
 
   try:
+    for path, what in ((_MOTION.value, "motion (--motion)"), (_MAPPING.value, "mapping matrix (--mapping)"),
+                       (_MAPPING_NAMES.value, "names file (--mapping_names)")):
+      if path:
+        files.require_file(path, what)
+    files.prepare_output(_OUTPUT.value, "--output", (".csv",))
     r = arkit.convert_file(_MOTION.value, _MAPPING.value, _OUTPUT.value, names_path=_MAPPING_NAMES.value,
                            l2=_L2.value, symmetry=_SYMMETRY.value, smooth=_SMOOTH.value, jaw_weight=_JAW_WEIGHT.value,
                            tol=_TOL.value, max_iter=_MAX_ITER.value)

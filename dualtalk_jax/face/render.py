@@ -26,6 +26,7 @@ import numpy as np
 from dualtalk_jax import audio as audio_lib
 from dualtalk_jax.data.records import atomic_write
 from dualtalk_jax.face import flame
+from dualtalk_jax.progress import Progress
 
 FPS = audio_lib.FPS
 BACKGROUND = (0.94, 0.94, 0.94)
@@ -175,37 +176,6 @@ def length_notes(frames: int, named: dict[str, int]) -> list[str]:
       action = "cut" if n > frames else "padded"
       notes.append(f"{name} has {n} frames ({n / FPS:.2f} s), the video {frames} ({frames / FPS:.2f} s): {action}")
   return notes
-
-
-# ----------------------------------------------------------------------------- progress
-
-class Progress:
-  """tqdm on a terminal; otherwise a log line every `every_s` seconds and at the end."""
-
-  def __init__(self, total: int, desc: str, stream=None, every_s: float = 5.0):
-    self.stream = stream or sys.stderr
-    self.total, self.desc, self.every_s = total, desc, every_s
-    self.n, self.start, self.last = 0, time.time(), time.time()
-    self.bar = None
-    if getattr(self.stream, "isatty", lambda: False)():
-      from tqdm import tqdm
-      self.bar = tqdm(total=total, desc=desc, unit="frame", file=self.stream)
-
-  def update(self, k: int = 1) -> None:
-    self.n += k
-    if self.bar is not None:
-      self.bar.update(k)
-      return
-    now = time.time()
-    if now - self.last >= self.every_s or self.n == self.total:
-      self.last = now
-      rate = self.n / max(now - self.start, 1e-9)
-      print(f"{self.desc}: {self.n}/{self.total} frames ({100 * self.n / max(self.total, 1):.0f}%), "
-            f"{rate:.1f} frames/s", file=self.stream, flush=True)
-
-  def close(self) -> None:
-    if self.bar is not None:
-      self.bar.close()
 
 
 # ----------------------------------------------------------------------------- video
@@ -358,7 +328,7 @@ def render_video(output: str, model: flame.FlameModel, speakers: Sequence[Speake
       for v in flame.sequence_vertices(dev_model, p, chunk=chunk):
         lo, hi = np.minimum(lo, v.min(axis=(0, 1))), np.maximum(hi, v.max(axis=(0, 1)))
       renderer.set_camera(k, camera_for(lo, hi))
-    bar = Progress(frames, "render", stream=sys.stderr) if progress else None
+    bar = Progress(frames, "render", unit="frame", interval=5.0) if progress else None
     start = time.time()
     atomic_write(output, write)
   finally:

@@ -92,13 +92,13 @@ def stage(name: str, detail: str = ""):
   say(f"{name} done in {time.time() - t:.1f} s")
 
 
-def run(workdir: str, flame_model: str | None = None, **overrides) -> dict[str, Any]:
+def run(workdir: str, flame_model=None, **overrides) -> dict[str, Any]:
   """Runs the whole quickstart in `workdir`; returns paths and the model/baseline MSEs.
 
-  With `flame_model` (a FLAME generic_model.pkl) it also renders the first held-out clip
-  to `<workdir>/prediction.mp4` (dualtalk_jax.face.render).
+  With `flame_model` (a FLAME generic_model.pkl path, or a loaded `face.flame.FlameModel`)
+  it also renders the first held-out clip to `<workdir>/prediction.mp4` (face.render).
   """
-  if flame_model:  # fail before training on a missing or unreadable model
+  if isinstance(flame_model, str):  # fail before training on a missing or unreadable model
     from dualtalk_jax.face import flame
     flame_model = flame.load_model(flame_model)
   from dualtalk_jax.convert import pytorch
