@@ -13,7 +13,8 @@ behaviour). Every flag and path is checked before the model loads; the partner's
 must cover the same time as the audio (within a frame, as preprocess requires). Writes `--output` (T x 56 `[exp, jaw, neck]`, T =
 ceil(len(audio_self) / 16000 * 25)) and `<output stem>.npz` with FLAME `exp` (T, 50) and
 `pose` (T, 6) = [neck, jaw] for renderers; `--plot` draws both speakers' jaw, neck and
-leading expressions with their voice activity.
+leading expressions with their voice activity; `--render=video.mp4 --flame_model=generic_model.pkl`
+renders the prediction beside the partner with both voices (as `experiments.render`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ _OVERLAP_SECONDS = flags.DEFINE_float("overlap_seconds", None, "Minimum overlap 
                                       "min(2, window_seconds / 4).")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 1, "Windows per model call.")
 _CHANNEL = flags.DEFINE_integer("channel", None, "For multichannel audio: the channel to use (else it is an error).")
+_RENDER = flags.DEFINE_string("render", None, "Also render a video (.mp4): the prediction beside the partner, both voices.")
+_FLAME_MODEL = flags.DEFINE_string("flame_model", None, "FLAME generic_model.pkl, needed by --render.")
 
 
 def main(argv):
@@ -60,6 +63,11 @@ def main(argv):
     out = files.prepare_output(_OUTPUT.value, "--output", (".npy",))
     if _PLOT.value:
       files.prepare_output(_PLOT.value, "--plot", (".png", ".pdf", ".svg"))
+    if _RENDER.value:
+      if not _FLAME_MODEL.value:
+        raise ValueError("--render needs --flame_model=generic_model.pkl (see docs/faces.md)")
+      files.require_file(_FLAME_MODEL.value, "FLAME model (--flame_model)")
+      files.prepare_output(_RENDER.value, "--render", (".mp4", ".mov", ".mkv"))
     clip = predict.load_inputs(_AUDIO_SELF.value, _AUDIO_OTHER.value, _MOTION_OTHER.value, channel=_CHANNEL.value)
     model = predict.load_model(_CHECKPOINT.value, config=_CONFIG.value, wav2vec2_config=_WAV2VEC2_CONFIG.value,
                                config_given=flags.FLAGS["config"].present)
@@ -71,11 +79,17 @@ def main(argv):
 
       plot.plot_conversation(_PLOT.value, pred, clip.motion_other, clip.audio_self, clip.audio_other,
                              title=os.path.basename(_AUDIO_SELF.value))
-  except (OSError, ValueError, ImportError) as e:
+    if _RENDER.value:
+      from dualtalk_jax.face import render
+
+      render.render_files(_RENDER.value, _FLAME_MODEL.value, out, audio=_AUDIO_SELF.value,
+                          motion_other=_MOTION_OTHER.value, audio_other=_AUDIO_OTHER.value, channel=_CHANNEL.value)
+  except (OSError, ValueError, ImportError, RuntimeError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
   print(f"wrote {out} ({pred.shape[0]} frames, {pred.shape[0] / audio.FPS:.1f} s) and "
-        f"{npz}{' and ' + os.path.abspath(_PLOT.value) if _PLOT.value else ''} in {time.time() - start:.1f} s")
+        f"{npz}{' and ' + os.path.abspath(_PLOT.value) if _PLOT.value else ''}"
+        f"{' and ' + os.path.abspath(_RENDER.value) if _RENDER.value else ''} in {time.time() - start:.1f} s")
 
 
 if __name__ == "__main__":

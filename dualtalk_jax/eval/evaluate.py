@@ -186,7 +186,9 @@ def write_results(output: str, result: dict[str, Any]) -> tuple[str, str]:
   from dualtalk_jax.files import prepare_output
 
   output = prepare_output(output, "metrics output")
-  summary: dict[str, Any] = {k: result["mean"][k] for k in metrics.METRIC_KEYS}
+  # The released keys, then any added ones (e.g. `lve`, `fdd` of dualtalk_jax.face.vertex_metrics).
+  keys = [*metrics.METRIC_KEYS, *(k for k in result["mean"] if k not in metrics.METRIC_KEYS)]
+  summary: dict[str, Any] = {k: result["mean"][k] for k in keys}
   if result.get("skipped"):
     summary["skipped"] = result["skipped"]
   write_json(output, summary)
@@ -195,9 +197,9 @@ def write_results(output: str, result: dict[str, Any]) -> tuple[str, str]:
   def write(tmp):
     with open(tmp, "w", newline="") as f:
       w = csv.writer(f)
-      w.writerow(["file", "frames", *metrics.METRIC_KEYS])
+      w.writerow(["file", "frames", *keys])
       for i, name in enumerate(result["files"]):
-        values = (repr(float(result["per_file"][k][i])) for k in metrics.METRIC_KEYS)
+        values = (repr(float(result["per_file"][k][i])) for k in keys)
         w.writerow([name, int(result["frames"][i]), *values])
 
   atomic_write(csv_path, write)

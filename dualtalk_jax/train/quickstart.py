@@ -92,8 +92,15 @@ def stage(name: str, detail: str = ""):
   say(f"{name} done in {time.time() - t:.1f} s")
 
 
-def run(workdir: str, **overrides) -> dict[str, Any]:
-  """Runs the whole quickstart in `workdir`; returns paths and the model/baseline MSEs."""
+def run(workdir: str, flame_model=None, **overrides) -> dict[str, Any]:
+  """Runs the whole quickstart in `workdir`; returns paths and the model/baseline MSEs.
+
+  With `flame_model` (a FLAME generic_model.pkl path, or a loaded `face.flame.FlameModel`)
+  it also renders the first held-out clip to `<workdir>/prediction.mp4` (face.render).
+  """
+  if isinstance(flame_model, str):  # fail before training on a missing or unreadable model
+    from dualtalk_jax.face import flame
+    flame_model = flame.load_model(flame_model)
   from dualtalk_jax.convert import pytorch
 
   config = loop.apply_overrides(quickstart_config.get_config(), overrides)
@@ -125,6 +132,10 @@ def run(workdir: str, **overrides) -> dict[str, Any]:
   plot = os.path.join(workdir, "prediction.png")
   if _plot_first_clip(config, pred_dir, plot):
     result["plot"] = plot
+  if flame_model is not None:
+    video = os.path.join(workdir, "prediction.mp4")
+    with stage("rendering", f"the first held-out clip to {video}"):
+      result["video"] = _render_first_clip(config, pred_dir, video, flame_model)
   result["disk_mb"] = disk_usage(workdir) / 1e6
   records.write_json(os.path.join(workdir, "quickstart_results.json"), result)
   return result
@@ -135,16 +146,29 @@ def disk_usage(path: str) -> int:
   return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
 
 
+def _first_clip(config, pred_dir: str):
+  manifest = records.load_manifest(config.data.val_dir)
+  clip = manifest["clips"][0]
+  rec = pipeline.ClipReader(config.data.val_dir, manifest)(clip["record_index"])
+  return clip, rec, np.load(os.path.join(pred_dir, f"{clip['name']}_speaker1.npy"))
+
+
+def _render_first_clip(config, pred_dir: str, path: str, flame_model) -> str:
+  """Renders the first held-out clip: speaker1's prediction beside speaker2, both voices."""
+  from dualtalk_jax.face import render
+
+  _, rec, pred = _first_clip(config, pred_dir)
+  render.render_conversation(path, flame_model, pred, rec["audio_1"], rec["motion_2"], rec["audio_2"])
+  return path
+
+
 def _plot_first_clip(config, pred_dir: str, path: str) -> bool:
   """Plots the first held-out clip: speaker1's predicted motion against speaker2's, with voice activity."""
   try:
     from dualtalk_jax.eval.plot import plot_conversation
   except ImportError:  # matplotlib absent
     return False
-  manifest = records.load_manifest(config.data.val_dir)
-  clip = manifest["clips"][0]
-  rec = pipeline.ClipReader(config.data.val_dir, manifest)(clip["record_index"])
-  pred = np.load(os.path.join(pred_dir, f"{clip['name']}_speaker1.npy"))
+  clip, rec, pred = _first_clip(config, pred_dir)
   plot_conversation(path, pred, rec["motion_2"], rec["audio_1"], rec["audio_2"], truth=rec["motion_1"],
                     labels=("speaker1 (prediction)", "speaker2 (partner)"), title=f"{clip['name']} (held out)")
   return True
