@@ -9,7 +9,9 @@ r"""Scores predictions of a DualTalk split with the paper's metrics (released `m
 `--data_dir` is a raw split folder (`<clip>_speaker{1,2}.{wav,npz}`). With a checkpoint
 (an orbax checkpoint directory, a training workdir, or a released-layout torch file)
 predictions go to `--pred_dir`, else to `<output stem>_predictions/` beside the output.
-Writes `--output` (JSON: the released keys, means over files) and
+Writes `--output` (JSON: the released keys, means over files, then each key over the
+frames where the target speaks and where it listens, `<key>_speaking` / `<key>_listening`,
+see dualtalk_jax/eval/activity.py) and
 `<output stem>_per_file.csv` (every file's values). On CPU the metric kernels' XLA compiles
 (one per padded length) dominate a one-off run; `--compilation_cache_dir` keeps them for the
 next run.
@@ -66,6 +68,9 @@ def main(argv):
   mean = result["mean"]
   for m in ("fid", "p_fid", "mse", "sid", "rpcc"):
     print(f"{m:>6}: " + "  ".join(f"{g} {mean[f'{m}_{g}']:.4g}" for g in ("exp", "jaw", "pose")))
+  for role in ("speaking", "listening"):  # metrics over the frames of each role (dualtalk_jax/eval/activity.py)
+    if f"mse_exp_{role}" in mean:
+      print(f"{role:>9} mse: " + "  ".join(f"{g} {mean[f'mse_{g}_{role}']:.4g}" for g in ("exp", "jaw", "pose")))
   print(f"scored {len(result['files'])} files -> {os.path.abspath(out)}, {os.path.abspath(csv_path)} "
         f"({time.time() - start:.1f} s)")
 

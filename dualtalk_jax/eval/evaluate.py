@@ -123,10 +123,14 @@ def prediction_files(pred_dir: str) -> list[str]:
   return files
 
 
-def score_predictions(pred_dir: str, data_dir: str, *, seed: int = 0, files: list[str] | None = None) -> dict[str, Any]:
+def score_predictions(pred_dir: str, data_dir: str, *, seed: int = 0, files: list[str] | None = None,
+                      roles: bool = True) -> dict[str, Any]:
   """Scores the predictions in `pred_dir` against `data_dir`.
 
-  Returns {"mean": {released key: float}, "per_file": {key: (F,) array}, "files": [...],
+  With `roles`, every metric is also scored over the frames where the target speaks and
+  where it listens (`metrics.evaluate_roles`, roles from both speakers' wavs by
+  `activity.roles`), as `<key>_speaking` / `<key>_listening`.
+  Returns {"mean": {key: float}, "per_file": {key: (F,) array}, "files": [...],
   "frames": (F,) frames scored per file}.
   """
   files = prediction_files(pred_dir) if files is None else files
@@ -143,27 +147,54 @@ def score_predictions(pred_dir: str, data_dir: str, *, seed: int = 0, files: lis
     if min(len(preds[-1]), len(gts[-1]), len(others[-1])) < 2:
       raise InputError(f"{gt_path}: fewer than 2 frames in common with {f} and the partner motion")
   res = metrics.evaluate_files(preds, gts, others, seed=seed)
+  if roles:
+    res = _add_roles(res, files, data_dir, preds, gts, others, seed)
   res["files"] = [os.path.splitext(f)[0] for f in files]
   res["frames"] = np.array([min(len(p), len(g), len(o)) for p, g, o in zip(preds, gts, others)])
   return res
 
 
+def _add_roles(res, files, data_dir, preds, gts, others, seed):
+  """`res` plus the speaking/listening metrics; each direction's roles from its two wavs."""
+  from dualtalk_jax.eval import activity
+
+  masks = {r: [] for r in metrics.ROLES}
+  for f, p, g, o in zip(files, preds, gts, others):
+    m = _FILE_RE.match(f)
+    clip, k = m["clip"], int(m["spk"])
+    paths = [_path(data_dir, clip, k, "wav"), _path(data_dir, clip, 3 - k, "wav")]
+    _require(paths, f"audio for the speaking/listening metrics of {f}")
+    a_self, a_other = (audio.load_audio(x) for x in paths)
+    speaking, listening = activity.roles(a_self, a_other, min(len(p), len(g), len(o)))
+    masks["speaking"].append(speaking)
+    masks["listening"].append(listening)
+  r = metrics.evaluate_roles(preds, gts, others, masks, seed=seed)
+  return {"per_file": {**res["per_file"], **r["per_file"]}, "mean": {**res["mean"], **r["mean"]}}
+
+
+def result_keys(result: dict[str, Any]) -> list[str]:
+  """The released keys, then `<key>_speaking` / `<key>_listening` where scored."""
+  return [k for k in metrics.METRIC_KEYS + metrics.role_keys() if k in result["mean"]]
+
+
 def write_results(output: str, result: dict[str, Any]) -> tuple[str, str]:
-  """`output` (JSON: the released keys, means over files) and `<output stem>_per_file.csv`."""
+  """`output` (JSON: the released keys and the speaking/listening ones, means over files;
+  NaN, where no file has a role, is written as null) and `<output stem>_per_file.csv`."""
   from dualtalk_jax.data.records import atomic_write, write_json
 
   parent = os.path.dirname(os.path.abspath(output))
   if not os.path.isdir(parent):
     raise InputError(f"{parent}: output folder does not exist")
-  write_json(output, {k: result["mean"][k] for k in metrics.METRIC_KEYS})
+  keys = result_keys(result)
+  write_json(output, {k: (None if np.isnan(result["mean"][k]) else result["mean"][k]) for k in keys})
   csv_path = os.path.splitext(output)[0] + "_per_file.csv"
 
   def write(tmp):
     with open(tmp, "w", newline="") as f:
       w = csv.writer(f)
-      w.writerow(["file", "frames", *metrics.METRIC_KEYS])
+      w.writerow(["file", "frames", *keys])
       for i, name in enumerate(result["files"]):
-        values = (repr(float(result["per_file"][k][i])) for k in metrics.METRIC_KEYS)
+        values = (repr(float(result["per_file"][k][i])) for k in keys)
         w.writerow([name, int(result["frames"][i]), *values])
 
   atomic_write(csv_path, write)
