@@ -18,7 +18,11 @@ so a clip depends only on the seed and its index):
 3. Speech. Within its turn the speaker produces phrases of 3-9 syllables at 3.5-6
    syllables/s, separated by 0.15-0.6 s pauses. The amplitude envelope is a sum of
    raised-cosine syllable bumps. The signal is voiced harmonics (8 partials, 1/h
-   amplitudes, f0 with slow random intonation), plus for 70% of tracks a breath/fricative
+   amplitudes, f0 with slow random intonation) shaped by a first formant whose frequency
+   follows the envelope (F1 = 250 + 600 * envelope Hz: the mouth opens, F1 rises), so the
+   mouth opening is in the spectrum's shape and not only in the loudness (a front end
+   that normalises each frame, like wav2vec2's layer-norm conv stack, loses loudness),
+   plus for 70% of tracks a breath/fricative
    noise where the envelope is high, times the envelope, plus low background noise on
    both tracks at all times.
 4. Motion, per speaker, from the frame-rate envelopes e_self, e_other:
@@ -148,9 +152,12 @@ def _voice(rng, env, ident):
   contour = np.interp(np.arange(n) / 1600, np.arange(ctrl.size), ctrl)
   f0 = ident.f0 * (1 + 0.08 * contour)
   phase = 2 * np.pi * np.cumsum(f0) / SR
+  # First formant: F1 rises with the mouth opening (the envelope, which also drives the jaw),
+  # as open vowels have a high F1; harmonics near F1 are boosted.
+  f1 = 250.0 + 600.0 * np.clip(env, 0.0, 1.0)
   sig = np.zeros(n)
   for h in range(1, 9):
-    sig += np.sin(h * phase) / h
+    sig += np.sin(h * phase) * (0.25 + 1.0 / (1.0 + ((h * f0 - f1) / 120.0) ** 2)) / h
   sig *= 0.25
   noise = rng.standard_normal(n) * 0.08 * (env > 0.3) * (rng.random() < 0.7)
   out = (sig + noise) * env + 0.003 * rng.standard_normal(n)
