@@ -150,3 +150,16 @@ def test_checkpoint_records_its_ablation_and_export_refuses_it(tmp_path):
   res = dataclasses.replace(TINY, interaction_residual=True)
   with pytest.raises(table.ConversionError, match="interaction_residual"):
     pytorch.params_to_state_dict(checkpoint.model_params(DualTalk(res, rngs=make_rngs(0))), res)
+
+
+def test_no_partner_motion_predicts_clips_and_windows_without_motion(models):
+  from dualtalk_jax.eval import predict as P
+
+  a, b, m = _inputs(3)
+  model = models["no_partner_motion"]
+  with_motion = P.predict_windowed(model, P.Clip(a[0], b[0], m[0]), window_seconds=0.4, overlap_seconds=0.1)
+  without = P.predict_windowed(model, P.Clip(a[0], b[0], None), window_seconds=0.4, overlap_seconds=0.1)
+  assert without.shape == (audio.num_frames(12800), 56)
+  np.testing.assert_array_equal(without, with_motion)
+  with pytest.raises(ValueError, match="needs the partner's motion"):
+    P.predict_clips(models[""], [P.Clip(a[0], b[0], None)])
