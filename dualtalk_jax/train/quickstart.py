@@ -24,6 +24,8 @@ from dualtalk_jax.train import loop
 from dualtalk_jax.train.loss import GROUPS
 from experiments.configs import quickstart as quickstart_config
 
+JAW_OPEN = 50  # jaw = columns 50:53 (FLAME pose[:, 3:6]); 50 opens the mouth
+
 
 def mean_pose(train_dir: str) -> np.ndarray:
   """Per-dimension mean of all training motion frames (both speakers): the baseline."""
@@ -35,6 +37,15 @@ def mean_pose(train_dir: str) -> np.ndarray:
       total += rec[k].sum(0)
       count += rec[k].shape[0]
   return (total / max(count, 1)).astype(np.float32)
+
+
+def jaw_pearson(pred: np.ndarray, gt: np.ndarray) -> float:
+  """Frame-level Pearson r of the predicted and true jaw opening (FLAME jaw pitch, column
+  JAW_OPEN of the (T, 56) layout) over one direction of one clip; 0 when either is constant."""
+  x, y = pred[:, JAW_OPEN].astype(np.float64), gt[:, JAW_OPEN].astype(np.float64)
+  x, y = x - x.mean(), y - y.mean()
+  den = np.sqrt((x * x).sum() * (y * y).sum())
+  return float((x * y).sum() / den) if den > 0 else 0.0
 
 
 def evaluate_against_baseline(config, out: dict[str, Any], pred_dir: str) -> dict[str, float]:
@@ -65,30 +76,59 @@ def evaluate_against_baseline(config, out: dict[str, Any], pred_dir: str) -> dic
   groups = list(GROUPS.items()) + [("all", slice(0, 56))]
   sums = {f"{who}_{g}": 0.0 for who in ("model", "model_whole", "baseline") for g, _ in groups}
   counts = {g: 0 for g, _ in groups}
+  jaw_r = {"model": [], "model_whole": []}
   for clip, gt, p_whole in zip(clips, targets, whole):
     p = predict.predict_windowed(model, clip, window_seconds=window, overlap_seconds=window / 4)
     evaluate.save_npy(os.path.join(pred_dir, clip.name + ".npy"), p)
     n = min(len(p), len(gt))  # common length with the ground truth
+    jaw_r["model"].append(jaw_pearson(p[:n], gt[:n]))
+    jaw_r["model_whole"].append(jaw_pearson(p_whole[:n], gt[:n]))
     for g, s in groups:
       for who, x in (("model", p[:n]), ("model_whole", p_whole[:n]), ("baseline", base)):
         sums[f"{who}_{g}"] += float(np.sum((x[..., s] - gt[:n, s]) ** 2))
       counts[g] += gt[:n, s].size
-  return {k: v / max(counts[k.rsplit("_", 1)[1]], 1) for k, v in sums.items()}
+  out = {k: v / max(counts[k.rsplit("_", 1)[1]], 1) for k, v in sums.items()}
+  out["jaw_r_model"] = float(np.mean(jaw_r["model"]))
+  out["jaw_r_model_whole"] = float(np.mean(jaw_r["model_whole"]))
+  return out
+
+
+def released_config(config):
+  """`config` with the released architecture (no interaction residual), reading the
+  data that `config`'s run made (call after `train_and_evaluate(config, ...)`)."""
+  c = config.copy_and_resolve_references()
+  with c.unlocked():
+    c.interaction_residual = False
+    c.synthetic.enabled = False
+  return c
 
 
 def run(workdir: str, **overrides) -> dict[str, Any]:
-  """Runs the whole quickstart in `workdir`; returns paths and the model/baseline MSEs."""
+  """Runs the whole quickstart in `workdir`; returns paths and the model/baseline MSEs.
+
+  When the quickstart's model is not the released architecture (`interaction_residual`),
+  the released one is trained too, on the same data with the same budget, in
+  `<workdir>/released`, and scored the same way (`result["released"]`); it is the one
+  exported to PyTorch, which has only the released module tree."""
   from dualtalk_jax.convert import pytorch
 
   config = loop.apply_overrides(quickstart_config.get_config(), overrides)
   workdir = os.path.abspath(workdir)
   out = loop.train_and_evaluate(config, workdir)
+  export_from = workdir
+  released = None
+  if not loop.model_config(config).is_released:
+    export_from = os.path.join(workdir, "released")
+    rconfig = released_config(config)
+    released = (rconfig, loop.train_and_evaluate(rconfig, export_from))
   result: dict[str, Any] = {"workdir": workdir, "final_train_loss": out["metrics"].get("loss")}
   if jax.process_index() != 0:
     return result
   pred_dir = os.path.join(workdir, "predictions")
   scores = evaluate_against_baseline(config, out, pred_dir)
   result["mse"] = scores
+  if released:
+    result["released"] = evaluate_against_baseline(released[0], released[1], os.path.join(export_from, "predictions"))
   result["eval_window_seconds"] = float(config.get("eval_window_seconds", 0.0))
   result["predictions"] = pred_dir
   try:  # torch is optional at run time (requirements-test.txt); safetensors needs no torch
@@ -97,7 +137,7 @@ def run(workdir: str, **overrides) -> dict[str, Any]:
     export = os.path.join(workdir, "dualtalk_tiny.pth")
   except ImportError:
     export = os.path.join(workdir, "dualtalk_tiny.safetensors")
-  pytorch.checkpoint_to_torch(workdir, export, overwrite=True)
+  pytorch.checkpoint_to_torch(export_from, export, overwrite=True)
   result["pytorch_checkpoint"] = export
   result["checkpoints"] = os.path.join(workdir, "checkpoints")
   plot = os.path.join(workdir, "prediction.png")
