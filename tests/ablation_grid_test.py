@@ -62,7 +62,8 @@ def test_cli_trains_scores_and_resumes(tmp_path):
   args = [sys.executable, "-m", "experiments.ablate", "--config=experiments/configs/quickstart.py", f"--workdir={w}",
           "--variants=full,no_partner_motion", "--config.total_steps=2", "--config.synthetic.num_train_clips=4",
           "--config.synthetic.num_val_clips=1", "--config.synthetic.min_seconds=3", "--config.synthetic.max_seconds=4",
-          "--config.checkpoint_every=2", "--config.eval_every=0", "--config.batch_size=2"]
+          "--config.checkpoint_every=2", "--config.eval_every=0", "--config.batch_size=2",
+          "--config.mesh.num_devices=1"]
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   r = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=env)
   assert r.returncode == 0, r.stderr[-3000:]
