@@ -131,6 +131,15 @@ ABLATIONS = {
     "no_modulation": "w/o Adaptive Expression Modulation",
 }
 
+# The quickstart's encoder: WAV2VEC2_TINY in the wav2vec2-base layout (GroupNorm on the
+# first conv layer only, over time per channel), which keeps each frame's loudness relative
+# to the clip; the lv60 layout's per-frame LayerNorm on every conv layer removes it, and a
+# tiny encoder trained from scratch in minutes then hardly follows the speech envelope.
+# No SpecAugment or LayerDrop either: on 2 s windows SpecAugment's minimum of two 10-frame
+# masks hides 20 % of every window from an encoder that has everything still to learn.
+WAV2VEC2_TINY_BASE = dataclasses.replace(WAV2VEC2_TINY, feat_extract_norm="group", conv_bias=False,
+                                         do_stable_layer_norm=False, apply_spec_augment=False, layerdrop=0.0)
+
 
 @dataclasses.dataclass(frozen=True)
 class DualTalkConfig:
@@ -216,6 +225,7 @@ CONFIGS = {
         interaction_ff=64,
     ),
 }
+CONFIGS["tiny_base"] = dataclasses.replace(CONFIGS["tiny"], wav2vec2=WAV2VEC2_TINY_BASE)  # the quickstart's
 
 
 def get_model_config(name: str, wav2vec2_config: str | None = None, *, ablation: str = "",
