@@ -119,9 +119,39 @@ WAV2VEC2_TINY = Wav2Vec2Config(
 )
 
 
+# The paper's Tab. 6 ablations (`DualTalkConfig.ablation`); "" is the released model.
+# What each removes, and what takes its place, is documented in dualtalk_jax/models/dualtalk.py.
+ABLATIONS = {
+    "": "DualTalk (released)",
+    "no_partner_speech": "w/o Speaker-A's Speech",
+    "no_partner_motion": "w/o Speaker-A's Expression",
+    "mfcc": "replace Audio Feature Extractor with MFCC",
+    "no_temporal_enhancer": "w/o Cross-Modal Temporal Enhancer",
+    "no_interaction": "w/o Dual-Speaker Interaction Module",
+    "no_modulation": "w/o Adaptive Expression Modulation",
+}
+
+# The quickstart's encoder: WAV2VEC2_TINY in the wav2vec2-base layout (GroupNorm on the
+# first conv layer only, over time per channel), which keeps each frame's loudness relative
+# to the clip; the lv60 layout's per-frame LayerNorm on every conv layer removes it, and a
+# tiny encoder trained from scratch in minutes then hardly follows the speech envelope.
+# No SpecAugment or LayerDrop either: on 2 s windows SpecAugment's minimum of two 10-frame
+# masks hides 20 % of every window from an encoder that has everything still to learn.
+WAV2VEC2_TINY_BASE = dataclasses.replace(WAV2VEC2_TINY, feat_extract_norm="group", conv_bias=False,
+                                         do_stable_layer_norm=False, apply_spec_augment=False, layerdrop=0.0)
+
+
 @dataclasses.dataclass(frozen=True)
 class DualTalkConfig:
-  """The DualTalk model around two wav2vec2 encoders (names follow the released code)."""
+  """The DualTalk model around two wav2vec2 encoders (names follow the released code).
+
+  Two fields leave the released architecture (both off in `large` and `base`):
+  `ablation` names one of the paper's Tab. 6 ablations (`ABLATIONS`), and
+  `interaction_residual` adds a residual connection around
+  `interaction_module.self_attention` (x + Dropout(SelfAttention(x)); the released module
+  returns the attention output alone, so every output frame is an attention average over
+  the whole window). Only the released architecture exports to PyTorch.
+  """
 
   wav2vec2: Wav2Vec2Config = WAV2VEC2_LARGE_LV60
   feature_dim: int = 256  # audio_projection / blendshape_encoder output
@@ -139,10 +169,33 @@ class DualTalkConfig:
   modulation_scale: float = 0.1
   sample_rate: int = 16000
   fps: int = 25
+  ablation: str = ""  # a key of ABLATIONS; "" = the released model
+  interaction_residual: bool = False  # not released: residual around interaction_module.self_attention
 
   def __post_init__(self):
     if 2 * self.lstm_hidden != self.feature_dim:
       raise ValueError("the BiLSTM output (2 * lstm_hidden) must equal feature_dim")
+    if self.ablation not in ABLATIONS:
+      raise ValueError(f"unknown ablation {self.ablation!r}; choose from {sorted(k for k in ABLATIONS if k)} "
+                       "or '' (the released model)")
+
+  @property
+  def is_released(self) -> bool:
+    """Whether this is the released architecture (no ablation, no added residual)."""
+    return not self.ablation and not self.interaction_residual
+
+  @property
+  def uses_wav2vec2(self) -> bool:
+    """Whether the model holds wav2vec2 encoders (all but the `mfcc` ablation)."""
+    return self.ablation != "mfcc"
+
+  @property
+  def uses_partner_motion(self) -> bool:
+    return self.ablation != "no_partner_motion"
+
+  @property
+  def uses_partner_speech(self) -> bool:
+    return self.ablation != "no_partner_speech"
 
   @property
   def model_dim(self) -> int:
@@ -172,13 +225,16 @@ CONFIGS = {
         interaction_ff=64,
     ),
 }
+CONFIGS["tiny_base"] = dataclasses.replace(CONFIGS["tiny"], wav2vec2=WAV2VEC2_TINY_BASE)  # the quickstart's
 
 
-def get_model_config(name: str, wav2vec2_config: str | None = None) -> DualTalkConfig:
-  """Named config, optionally with its wav2vec2 part read from a HF `config.json`."""
+def get_model_config(name: str, wav2vec2_config: str | None = None, *, ablation: str = "",
+                     interaction_residual: bool = False) -> DualTalkConfig:
+  """Named config, optionally with its wav2vec2 part read from a HF `config.json`, an
+  ablation (`ABLATIONS`) and the interaction residual."""
   if name not in CONFIGS:
     raise ValueError(f"unknown model config {name!r}; choose from {sorted(CONFIGS)}")
   cfg = CONFIGS[name]
   if wav2vec2_config:
     cfg = dataclasses.replace(cfg, wav2vec2=Wav2Vec2Config.from_json(wav2vec2_config))
-  return cfg
+  return dataclasses.replace(cfg, ablation=ablation, interaction_residual=bool(interaction_residual))

@@ -11,7 +11,9 @@ r"""Scores predictions of a DualTalk split with the paper's metrics (released `m
 `--data_dir` is a raw split folder (`<clip>_speaker{1,2}.{wav,npz}`). With a checkpoint
 (an orbax checkpoint directory, a training workdir, or a released-layout torch file)
 predictions go to `--pred_dir`, else to `<output stem>_predictions/` beside the output.
-Writes `--output` (JSON: the released keys, means over files) and
+Writes `--output` (JSON: the released keys, means over files, then each key over the
+frames where the target speaks and where it listens, `<key>_speaking` / `<key>_listening`,
+see dualtalk_jax/eval/activity.py) and
 `<output stem>_per_file.csv` (every file's values). On CPU the metric kernels' XLA compiles
 (one per padded length) dominate a one-off run; `--compilation_cache_dir` keeps them for the
 next run.
@@ -102,6 +104,9 @@ def main(argv):
     print(f"{m:>6}: " + "  ".join(f"{g} {mean[f'{m}_{g}']:.4g}" for g in ("exp", "jaw", "pose")))
   if "lve" in mean:
     print(f"   lve: {mean['lve']:.4g} m^2 (x1e-5: {mean['lve'] / 1e-5:.4g})   fdd: {mean['fdd']:.4g} m^2 (x1e-7: {mean['fdd'] / 1e-7:.4g})")
+  for role in ("speaking", "listening"):  # metrics over the frames of each role (dualtalk_jax/eval/activity.py)
+    if f"mse_exp_{role}" in mean:
+      print(f"{role:>9} mse: " + "  ".join(f"{g} {mean[f'mse_{g}_{role}']:.4g}" for g in ("exp", "jaw", "pose")))
   skipped = f", skipped {len(result['skipped'])} (listed in the JSON)" if result["skipped"] else ""
   print(f"scored {len(result['files'])} files{skipped} -> {out}, {csv_path} ({time.time() - start:.1f} s)")
 

@@ -42,6 +42,13 @@ def main(argv):
   print(f"  (model in {r['eval_window_seconds']:g} s windows, the training length, as `infer --window_seconds` runs; "
         f"one pass over each whole clip: {mse['model_whole_all']:.5f}, "
         f"{mse['baseline_all'] / max(mse['model_whole_all'], 1e-12):.2f}x lower)")
+  print(f"  jaw opening vs truth, mean Pearson r over held-out directions: {mse['jaw_r_model']:.2f} in windows, "
+        f"{mse['jaw_r_model_whole']:.2f} whole-clip")
+  if "released" in r:  # the quickstart model adds a residual to the interaction self-attention
+    rel = r["released"]
+    print(f"  released architecture (no interaction residual), same data and budget: whole-clip MSE "
+          f"{rel['model_whole_all']:.5f} ({mse['baseline_all'] / max(rel['model_whole_all'], 1e-12):.2f}x lower), "
+          f"jaw r {rel['jaw_r_model_whole']:.2f}; windows {rel['model_all']:.5f}, jaw r {rel['jaw_r_model']:.2f}")
   for key in ("checkpoints", "predictions", "plot", "video", "pytorch_checkpoint"):
     if key in r:
       print(f"  {key:19s} {r[key]}")

@@ -23,8 +23,10 @@ def test_format_and_determinism(tmp_path):
       assert z["exp"].shape == (t, 50) and z["pose"].shape == (t, 6)
       assert z["light"].shape == (t, 9, 3) and z["exp"].dtype == np.float32
       assert t * 640 <= info.frames < (t + 1) * 640  # T ~= samples / 640, as in the data.
-      assert (tmp_path / "b" / wav.name).read_bytes() == wav.read_bytes()
-      assert (tmp_path / "c" / wav.name).read_bytes() != wav.read_bytes()
+      # samples, not bytes: libsndfile's PEAK chunk of a float WAV holds the write time
+      same, other = (sf.read(tmp_path / d / wav.name, dtype="float32")[0] for d in ("b", "c"))
+      np.testing.assert_array_equal(same, sf.read(wav, dtype="float32")[0])
+      assert not np.array_equal(other[:len(same)], same[:len(other)])
 
 
 def test_turns_like_dataset():
@@ -88,3 +90,37 @@ def test_cli(tmp_path):
   clip = synthetic.make_clip(1, 1, min_seconds=1, max_seconds=2)
   np.testing.assert_array_equal(np.load(tmp_path / "synth_00001_speaker2.npz")["exp"],
                                 clip["npz"][1]["exp"])
+
+
+def test_listener_reacts_to_partner_speech_and_expression():
+  """Nods follow the partner's phrase ends (speech); mirroring follows the partner's own
+  expression events (motion only), MIRROR_LAG_S later, while listening."""
+  ids = synthetic.make_identities(0, 8)
+  lag = int(round(synthetic.MIRROR_LAG_S * 25))
+  num = den = 0.0
+  after, elsewhere = [], []
+  for i in range(10):
+    c = synthetic.make_clip(0, i, identities=ids, min_seconds=8, max_seconds=10)
+    for s in (0, 1):
+      exp = c["npz"][s]["exp"].astype(np.float64)
+      t = exp.shape[0]
+      own = c["expression_events"][s]
+      partner = c["expression_events"][1 - s]
+      # the listener's expression along EMOTE, minus its own events, is the mirrored partner's
+      resid = exp @ synthetic.EMOTE / float(synthetic.EMOTE @ synthetic.EMOTE) - own
+      resid -= np.median(resid)
+      shifted = np.concatenate([np.zeros(lag), partner[:t - lag]])
+      on = shifted > 0.3
+      num += float(np.sum(resid[on] * shifted[on]))
+      den += float(np.sum(shifted[on] ** 2))
+      # nods: neck pitch moves more within 0.6 s after a partner phrase end than elsewhere
+      pitch = np.abs(np.diff(c["npz"][s]["pose"][:, 0]))
+      near = np.zeros(t - 1, bool)
+      for te in c["phrase_ends"][1 - s]:
+        near[int(te * 25):int(te * 25) + 15] = True
+      after.append(pitch[near])
+      elsewhere.append(pitch[~near])
+  # regression slope of the residual on the lagged partner events: the mirror gain times the
+  # (0..1) listening weight, clearly positive
+  assert 0.2 < num / den <= synthetic.MIRROR_GAIN + 0.1
+  assert np.mean(np.concatenate(after)) > 3 * np.mean(np.concatenate(elsewhere))

@@ -11,7 +11,7 @@ import pytest
 
 from dualtalk_jax import audio, checkpoint
 from dualtalk_jax.data import synthetic
-from dualtalk_jax.eval import evaluate, metrics, reference
+from dualtalk_jax.eval import activity, evaluate, metrics, reference
 from dualtalk_jax.eval import predict as P
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -76,9 +76,19 @@ def test_scores_match_metric_definitions(split, tmp_path):
   out.parent.mkdir()
   evaluate.write_results(str(out), res)
   js = json.loads(out.read_text())
-  assert list(js) == list(metrics.METRIC_KEYS)
+  assert list(js) == list(metrics.METRIC_KEYS + metrics.role_keys())
   for k in metrics.METRIC_KEYS:
     assert js[k] == pytest.approx(np.mean(res["per_file"][k]))
+  # speaking/listening: the metrics of each file's frames of that role, from both speakers' audio
+  for i, (c, k) in enumerate(sorted(preds)):
+    p = preds[(c, k)]
+    g = P.load_motion(os.path.join(split, f"{c}_speaker{k}.npz"))[:len(p)]
+    wav = lambda s: audio.load_audio(os.path.join(split, f"{c}_speaker{s}.wav"))
+    speaking, listening = activity.roles(wav(k), wav(3 - k), len(p))
+    for role, m in (("speaking", speaking), ("listening", listening)):
+      want = np.mean((p[m, :50].astype(np.float64) - g[m, :50]) ** 2) if m.sum() >= metrics.MIN_ROLE_FRAMES else np.nan
+      np.testing.assert_allclose(res["per_file"][f"mse_exp_{role}"][i], want, rtol=1e-4)
+  assert js["mse_exp_speaking"] == pytest.approx(np.nanmean(res["per_file"]["mse_exp_speaking"]))
   rows = list(csv.DictReader(open(tmp_path / "m" / "metrics_per_file.csv")))
   assert [r["file"] for r in rows] == res["files"]
   assert float(rows[2]["mse_exp"]) == pytest.approx(res["per_file"]["mse_exp"][2])
@@ -183,7 +193,8 @@ def test_cli_predicts_and_scores(split, tiny_ckpt, tmp_path):
   assert r.returncode == 0, r.stderr[-2000:]
   assert sorted(os.listdir(tmp_path / "metrics_predictions")) == [f"synth_0000{i}_speaker{k}.npy" for i in range(2) for k in (1, 2)]
   js = json.loads(out.read_text())
-  assert list(js) == list(metrics.METRIC_KEYS) and all(np.isfinite(v) for v in js.values())
+  assert list(js)[:len(metrics.METRIC_KEYS)] == list(metrics.METRIC_KEYS)
+  assert all(np.isfinite(js[k]) for k in metrics.METRIC_KEYS) and "mse_jaw_speaking" in js
   assert (tmp_path / "metrics_per_file.csv").exists()
   # scoring the same folder again gives the same numbers
   r = subprocess.run([sys.executable, "-m", "experiments.evaluate", f"--data_dir={split}",

@@ -26,6 +26,7 @@ def test_every_config_file_loads():
       assert c.seed >= 0 and c.total_steps > 0 and c.checkpoint_every > 0
       assert loop.model_config(c) is not None
       assert c.data.feature_cache is False and c.optim.freeze_wav2vec2 is False  # optional modes, off
+      assert c.ablation == ""  # the released model; experiments.ablate sets the variants
 
 
 @pytest.fixture(scope="module")

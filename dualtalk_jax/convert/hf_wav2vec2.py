@@ -107,5 +107,5 @@ def load_into(encoder: Wav2Vec2Model, directory: str | os.PathLike) -> None:
 
 def init_dualtalk_encoders(model, directory: str | os.PathLike) -> None:
   """Loads the same pretrained wav2vec2 into both encoders, as the released code does."""
-  load_into(model.joint_encoder.audio_encoder1, directory)
-  load_into(model.joint_encoder.audio_encoder2, directory)
+  for encoder in model.joint_encoder.encoders:  # none for the mfcc ablation, one for no_partner_speech
+    load_into(encoder, directory)

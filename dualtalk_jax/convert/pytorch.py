@@ -241,6 +241,15 @@ def write_torch_file(state_dict: Mapping[str, np.ndarray], output: str, *, overw
       os.remove(tmp)
 
 
+def require_released(cfg: DualTalkConfig, source: str) -> None:
+  """The torch side is the released module tree only: ablations and the interaction
+  residual have no PyTorch counterpart, so they neither export nor import."""
+  if not cfg.is_released:
+    what = f"ablation {cfg.ablation!r}" if cfg.ablation else "interaction_residual=True"
+    raise table.ConversionError(f"{source}: holds a model with {what}; only the released DualTalk architecture "
+                                "converts to and from PyTorch (keep this checkpoint in JAX)")
+
+
 def torch_key_order(cfg: DualTalkConfig) -> list[str] | None:
   """The released module tree's state-dict key order (meta device), or None without torch."""
   try:
@@ -258,6 +267,7 @@ def state_dict_to_params(state_dict: Mapping[str, Any], cfg: DualTalkConfig, *, 
   """A released-layout state dict -> checkpoint params tree (jax arrays), every key checked."""
   from dualtalk_jax.models.dualtalk import abstract_model
 
+  require_released(cfg, source)
   arrays = table.torch_to_jax(abstract_model(cfg), state_dict, source=source, release=release)
   return checkpoint.params_tree(arrays)
 
@@ -269,6 +279,7 @@ def params_to_state_dict(params: Mapping, cfg: DualTalkConfig, *, weight_norm: s
 
 def _flat_to_state_dict(flat: dict, cfg: DualTalkConfig, weight_norm: str) -> dict[str, np.ndarray]:
   """{dotted path: array} -> ordered state dict; empties `flat` as it goes (see jax_to_torch)."""
+  require_released(cfg, "params")
   sd = table.jax_to_torch(flat, weight_norm=weight_norm, consume=True)
   order = torch_key_order(cfg)
   if order is not None:
@@ -299,6 +310,7 @@ def checkpoint_to_torch(input_path: str, output: str, *, weight_norm: str = "new
   `cfg`, when given, must equal the model config recorded in the checkpoint.
   """
   _atomic_target(output, overwrite)  # fail before the (slow) restore
+  require_released(checkpoint.read_model_config(input_path), os.fspath(input_path))  # before the restore
   params, stored_cfg, _ = checkpoint.restore_params(input_path)
   if cfg is not None and cfg != stored_cfg:
     raise table.ConversionError(f"{input_path}: holds a different model config than the one asked for")

@@ -18,7 +18,11 @@ so a clip depends only on the seed and its index):
 3. Speech. Within its turn the speaker produces phrases of 3-9 syllables at 3.5-6
    syllables/s, separated by 0.15-0.6 s pauses. The amplitude envelope is a sum of
    raised-cosine syllable bumps. The signal is voiced harmonics (8 partials, 1/h
-   amplitudes, f0 with slow random intonation), plus for 70% of tracks a breath/fricative
+   amplitudes, f0 with slow random intonation) shaped by a first formant whose frequency
+   follows the envelope (F1 = 250 + 600 * envelope Hz: the mouth opens, F1 rises), so the
+   mouth opening is in the spectrum's shape and not only in the loudness (a front end
+   that normalises each frame, like wav2vec2's layer-norm conv stack, loses loudness),
+   plus for 70% of tracks a breath/fricative
    noise where the envelope is high, times the envelope, plus low background noise on
    both tracks at all times.
 4. Motion, per speaker, from the frame-rate envelopes e_self, e_other:
@@ -26,11 +30,21 @@ so a clip depends only on the seed and its index):
    - `exp[:, :6]` follow e_self through a fixed mixing matrix (mouth shapes);
    - listening: while the partner speaks, `exp` moves along the identity's listening
      direction, scaled by the partner's smoothed activity;
-   - nods: at each partner phrase end (the partner's envelope falls after a phrase) the
-     listener's neck pitch (pose[:, 0]) gets a damped 2.5 Hz oscillation;
+   - expressions of one's own (`EMOTE`, smiles): each speaker has 0-2 random expression
+     events per 10 s (raised-cosine bumps of 1-3 s, amplitude 0.6-1.2) along a fixed
+     direction of `exp[6:16]`, independent of any audio;
+   - reactions to the partner's SPEECH (nods): at each partner phrase end (the partner's
+     envelope falls after a phrase) the listener's neck pitch (pose[:, 0]) gets a damped
+     2.5 Hz oscillation; the timing comes from the partner's audio;
+   - reactions to the partner's EXPRESSION (mirroring): while listening, the listener
+     mirrors the partner's own expression events 0.4 s later at 0.7 of their amplitude
+     (`MIRROR_LAG_S`, `MIRROR_GAIN`); these events are in the partner's motion only,
+     never in either audio track;
    - identity style offsets on `exp` and neck, a slow random head sway, small noise.
    A model that reads the audio beats a mean pose: the jaw and mouth `exp` are a
-   deterministic function of the own envelope, and nods/listening of the partner's.
+   deterministic function of the own envelope, and nods/listening of the partner's;
+   mirroring needs the partner's motion, so removing the partner's speech or motion
+   input removes part of what predicts the listener.
 5. Lengths. Audio has `T * 640 + r` samples with r uniform in [0, 640), motion has T
    frames, as in the real data (`T ~= samples / 640`).
 """
@@ -81,6 +95,22 @@ def make_identities(seed: int, num_identities: int) -> list[Identity]:
 
 # Fixed mapping from the own envelope to mouth-related expression components.
 _MOUTH = np.array([1.2, -0.8, 0.6, 0.4, -0.3, 0.2], np.float32)
+# Direction of the own expression events (smiles) in exp[6:16], shared by everyone.
+EMOTE = np.zeros(50, np.float32)
+EMOTE[6:16] = np.array([0.9, 0.6, -0.5, 0.4, 0.3, -0.3, 0.2, 0.2, -0.1, 0.1], np.float32)
+MIRROR_LAG_S = 0.4
+MIRROR_GAIN = 0.7
+
+
+def _expression_events(rng, t):
+  """(t,) amplitude of a speaker's own expression events: 0-2 bumps per 10 s, 1-3 s long."""
+  x = np.zeros(t)
+  for _ in range(int(rng.poisson(1.0 * t / (10 * FPS)))):
+    length = int(rng.uniform(1.0, 3.0) * FPS)
+    a = int(rng.integers(0, max(t - length, 1)))
+    b = min(a + length, t)
+    x[a:b] += rng.uniform(0.6, 1.2) * (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(b - a) / length))
+  return x
 
 
 def _turns(rng, duration):
@@ -122,9 +152,12 @@ def _voice(rng, env, ident):
   contour = np.interp(np.arange(n) / 1600, np.arange(ctrl.size), ctrl)
   f0 = ident.f0 * (1 + 0.08 * contour)
   phase = 2 * np.pi * np.cumsum(f0) / SR
+  # First formant: F1 rises with the mouth opening (the envelope, which also drives the jaw),
+  # as open vowels have a high F1; harmonics near F1 are boosted.
+  f1 = 250.0 + 600.0 * np.clip(env, 0.0, 1.0)
   sig = np.zeros(n)
   for h in range(1, 9):
-    sig += np.sin(h * phase) / h
+    sig += np.sin(h * phase) * (0.25 + 1.0 / (1.0 + ((h * f0 - f1) / 120.0) ** 2)) / h
   sig *= 0.25
   noise = rng.standard_normal(n) * 0.08 * (env > 0.3) * (rng.random() < 0.7)
   out = (sig + noise) * env + 0.003 * rng.standard_normal(n)
@@ -143,7 +176,7 @@ def _frame_env(env, t):
   return env[:t * HOP].reshape(t, HOP).mean(axis=1)
 
 
-def _motion(rng, t, e_self, e_other, other_ends, ident):
+def _motion(rng, t, e_self, e_other, other_ends, ident, emo_self, emo_other):
   exp = np.tile(ident.exp_offset, (t, 1)).astype(np.float64)
   pose = np.zeros((t, 6))
   es = _smooth(e_self, 3)
@@ -151,6 +184,10 @@ def _motion(rng, t, e_self, e_other, other_ends, ident):
   listening = _smooth((_smooth(e_other, 25) > 0.05).astype(np.float64), 15)
   listening *= 1.0 - np.clip(_smooth(e_self, 25) * 4, 0, 1)
   exp += listening[:, None] * ident.listen_dir[None, :]
+  # Own expression events, and the partner's mirrored MIRROR_LAG_S later while listening.
+  lag = int(round(MIRROR_LAG_S * FPS))
+  mirrored = np.concatenate([np.zeros(lag), emo_other[:t - lag]])
+  exp += (emo_self + MIRROR_GAIN * listening * mirrored)[:, None] * EMOTE[None, :]
   pose[:, 3] = ident.jaw_gain * es
   pose[:, 4:6] = 0.01 * es[:, None] * rng.standard_normal(2)
   # Nods: damped 2.5 Hz oscillation on neck pitch at each partner phrase end.
@@ -179,10 +216,11 @@ def make_clip(seed: int, index: int, *, min_seconds: float = 10.0, max_seconds: 
   envs, ends = zip(*[_speech_envelope(rng, n, turns, who) for who in (0, 1)])
   audios = [_voice(rng, envs[s], identities[ids[s]]) for s in (0, 1)]
   fenv = [_frame_env(e, t) for e in envs]
+  emos = [_expression_events(rng, t) for _ in (0, 1)]
   npzs = []
   for s in (0, 1):
     ident = identities[ids[s]]
-    exp, pose = _motion(rng, t, fenv[s], fenv[1 - s], ends[1 - s], ident)
+    exp, pose = _motion(rng, t, fenv[s], fenv[1 - s], ends[1 - s], ident, emos[s], emos[1 - s])
     npzs.append({
         "exp": exp, "pose": pose,
         "shape": np.tile(ident.shape, (t, 1)),
@@ -190,7 +228,8 @@ def make_clip(seed: int, index: int, *, min_seconds: float = 10.0, max_seconds: 
         "cam": np.tile(np.array([8.0, 0.0, 0.0], np.float32), (t, 1)),
         "light": np.zeros((t, 9, 3), np.float32),
     })
-  return {"audio": audios, "npz": npzs, "turns": turns, "identities": [int(i) for i in ids]}
+  return {"audio": audios, "npz": npzs, "turns": turns, "identities": [int(i) for i in ids],
+          "expression_events": emos, "phrase_ends": [list(e) for e in ends]}
 
 
 def write_clip(output_dir: str, name: str, clip: dict) -> list[str]:

@@ -125,7 +125,7 @@ def prediction_files(pred_dir: str) -> list[str]:
 
 
 def score_predictions(pred_dir: str, data_dir: str, *, seed: int = 0, files: list[str] | None = None,
-                      allow_partial: bool = False) -> dict[str, Any]:
+                      allow_partial: bool = False, roles: bool = True) -> dict[str, Any]:
   """Scores the predictions in `pred_dir` against `data_dir`.
 
   Every direction of every clip in `data_dir` needs its prediction, and each prediction's
@@ -136,7 +136,10 @@ def score_predictions(pred_dir: str, data_dir: str, *, seed: int = 0, files: lis
   with `allow_partial` those files are left out instead and listed in `skipped`. An
   unreadable or malformed prediction is always an error.
 
-  Returns {"mean": {released key: float}, "per_file": {key: (F,) array}, "files": [...],
+  With `roles`, every metric is also scored over the frames where the target speaks and
+  where it listens (`metrics.evaluate_roles`, roles from both speakers' wavs by
+  `activity.roles`), as `<key>_speaking` / `<key>_listening`.
+  Returns {"mean": {key: float}, "per_file": {key: (F,) array}, "files": [...],
   "frames": (F,) frames scored per file, "skipped": [{"file", "reason"}]}.
   """
   files = prediction_files(pred_dir) if files is None else files
@@ -173,22 +176,49 @@ def score_predictions(pred_dir: str, data_dir: str, *, seed: int = 0, files: lis
   if not kept:
     raise InputError(f"{pred_dir}: no prediction can be scored against {data_dir}")
   res = metrics.evaluate_files(preds, gts, others, seed=seed)
+  if roles:
+    res = _add_roles(res, kept, data_dir, preds, gts, others, seed)
   res["files"] = [os.path.splitext(f)[0] for f in kept]
   res["frames"] = np.array([min(len(p), len(g), len(o)) for p, g, o in zip(preds, gts, others)])
   res["skipped"] = skipped
   return res
 
 
+def _add_roles(res, files, data_dir, preds, gts, others, seed):
+  """`res` plus the speaking/listening metrics; each direction's roles from its two wavs."""
+  from dualtalk_jax.eval import activity
+
+  masks = {r: [] for r in metrics.ROLES}
+  for f, p, g, o in zip(files, preds, gts, others):
+    m = _FILE_RE.match(f)
+    clip, k = m["clip"], int(m["spk"])
+    paths = [_path(data_dir, clip, k, "wav"), _path(data_dir, clip, 3 - k, "wav")]
+    _require(paths, f"audio for the speaking/listening metrics of {f}")
+    a_self, a_other = (audio.load_audio(x) for x in paths)
+    speaking, listening = activity.roles(a_self, a_other, min(len(p), len(g), len(o)))
+    masks["speaking"].append(speaking)
+    masks["listening"].append(listening)
+  r = metrics.evaluate_roles(preds, gts, others, masks, seed=seed)
+  return {"per_file": {**res["per_file"], **r["per_file"]}, "mean": {**res["mean"], **r["mean"]}}
+
+
+def result_keys(result: dict[str, Any]) -> list[str]:
+  """The released keys, `<key>_speaking` / `<key>_listening` where scored, then any added ones
+  (e.g. `lve`, `fdd` of dualtalk_jax.face.vertex_metrics)."""
+  known = [k for k in metrics.METRIC_KEYS + metrics.role_keys() if k in result["mean"]]
+  return known + [k for k in result["mean"] if k not in known]
+
+
 def write_results(output: str, result: dict[str, Any]) -> tuple[str, str]:
-  """`output` (JSON: the released keys, means over files; `skipped` files if any) and
-  `<output stem>_per_file.csv`. The output folder is created if needed."""
+  """`output` (JSON: the released keys, the speaking/listening ones and any added ones such
+  as `lve`/`fdd`, means over files, NaN (no file has a role) written as null; `skipped`
+  files if any) and `<output stem>_per_file.csv`. The output folder is created if needed."""
   from dualtalk_jax.data.records import atomic_write, write_json
   from dualtalk_jax.files import prepare_output
 
   output = prepare_output(output, "metrics output")
-  # The released keys, then any added ones (e.g. `lve`, `fdd` of dualtalk_jax.face.vertex_metrics).
-  keys = [*metrics.METRIC_KEYS, *(k for k in result["mean"] if k not in metrics.METRIC_KEYS)]
-  summary: dict[str, Any] = {k: result["mean"][k] for k in keys}
+  keys = result_keys(result)
+  summary: dict[str, Any] = {k: (None if np.isnan(result["mean"][k]) else result["mean"][k]) for k in keys}
   if result.get("skipped"):
     summary["skipped"] = result["skipped"]
   write_json(output, summary)

@@ -6,7 +6,8 @@ padded to a bucketed length `Tmax` and carry their true `lengths`; every kernel 
 padding, and random draws do not depend on the padding, so a padded file scores like the
 same file alone (up to float rounding).
 
-Public API: `evaluate_files` (lists of variable-length arrays), `evaluate_arrays` (padded
+Public API: `evaluate_files` (lists of variable-length arrays), `evaluate_roles` (the
+same over the speaking / listening frames of each file), `evaluate_arrays` (padded
 batches), `pad_batch`, `bucket_length`, `cut_to_common`, `score_batch` (the jitted kernel),
 the single-file kernels (`frechet_distance`, `mse`, `sid`, `kmeans_fit`, `sts`, `rpcc`,
 `variance`, `diversity_from_pairs`, `diversity_pairs`) and `diversity_pair_indices`.
@@ -16,6 +17,15 @@ Groups: `exp` = cols 0:50, `jaw` = 50:53, `pose` (neck) = 53:56 of the (T, 56) l
 Choices where the released code gives no answer (documented here, tested in
 tests/metrics_test.py):
 
+- Speaking / listening (`evaluate_roles`, keys `<key>_speaking`, `<key>_listening`; roles
+  from the voice activity of both tracks, `dualtalk_jax.eval.activity`). Each file's
+  selected frames are concatenated in time order (pred, gt and partner alike) and scored
+  as one shorter file with the same kernels: FD, P-FD, SID, diversity and variance are
+  statistics of that frame set; MSE and rPCC pool its frames; STS differences consecutive
+  selected frames, so a jump at a cut between two runs counts like any other frame step
+  (it appears in pred and gt alike). A file with fewer than `MIN_ROLE_FRAMES` (1 s)
+  selected frames has no value for that role (NaN per file) and the mean is over the
+  files that have one.
 - Diversity. The released code draws two index lists of 100 frames, each without replacement
   from range(T) and independently of each other (`np.random.choice(T, 100, replace=False)`
   twice), and averages the 100 distances ||x[first[i]] - x[second[i]]||. It asserts T > 100.
@@ -54,6 +64,8 @@ import numpy as np
 GROUPS = (("exp", 0, 50, 40), ("jaw", 50, 53, 10), ("pose", 53, 56, 10))
 NUM_DIVERSITY_PAIRS = 100
 STS_TIMESTEP = 0.1
+ROLES = ("speaking", "listening")
+MIN_ROLE_FRAMES = 25
 KMEANS_MAX_ITER = 300
 KMEANS_TOL = 1e-4
 METRIC_KEYS = tuple(
@@ -427,3 +439,33 @@ def evaluate_files(preds, gts, others, *, seed=0, multiple=None, batch_size=16):
     for k in METRIC_KEYS:
       per_file[k][ids] = res["per_file"][k]
   return _summarise(per_file)
+
+
+def role_keys() -> tuple[str, ...]:
+  """`<key>_speaking` and `<key>_listening` for every released key."""
+  return tuple(f"{k}_{r}" for r in ROLES for k in METRIC_KEYS)
+
+
+def evaluate_roles(preds, gts, others, masks, *, seed=0, min_frames=MIN_ROLE_FRAMES):
+  """Metrics over the frames of each file that a mask selects (module docstring).
+
+  `masks`: {role: [per-file (T_i,) bool]}, aligned with the files' first frames. Returns
+  {"per_file": {"<key>_<role>": (F,) array, NaN where a file has < min_frames selected},
+  "mean": {...: mean over the files with a value (NaN if none)}}.
+  """
+  triples = [cut_to_common(np.asarray(p), np.asarray(g), np.asarray(o)) for p, g, o in zip(preds, gts, others)]
+  subsets, where = [], []  # every role's subsets scored in one call: shared compiles
+  for role, role_masks in masks.items():
+    for i, ((p, g, o), m) in enumerate(zip(triples, role_masks)):
+      sel = np.flatnonzero(np.asarray(m, bool)[:len(p)])
+      if len(sel) >= max(min_frames, 2):
+        subsets.append((p[sel], g[sel], o[sel]))
+        where.append((role, i))
+  per_file = {f"{k}_{role}": np.full(len(triples), np.nan) for role in masks for k in METRIC_KEYS}
+  if subsets:
+    res = evaluate_files(*zip(*subsets), seed=seed)["per_file"]
+    for j, (role, i) in enumerate(where):
+      for k in METRIC_KEYS:
+        per_file[f"{k}_{role}"][i] = res[k][j]
+  mean = {k: float(np.nanmean(v)) if np.any(~np.isnan(v)) else float("nan") for k, v in per_file.items()}
+  return {"per_file": per_file, "mean": mean}

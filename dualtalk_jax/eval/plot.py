@@ -3,9 +3,9 @@
 Rows: jaw opening (jaw rotation about x, `pose[:, 3]`), neck rotation (the three
 axis-angle components), and the leading expression coefficients, for the target
 (prediction), the target's true motion where it is known (held-out clips, evaluation), and
-the partner (given motion). Frames where a speaker's audio is active (`voice_activity`)
-are shaded in that speaker's colour, so speaking/listening behaviour can be read against
-who talks. Every axis has its own legend.
+the partner (given motion). Frames where a speaker's audio is active
+(`activity.voice_activity`) are shaded in that speaker's colour, so speaking/listening
+behaviour can be read against who talks. Every axis has its own legend.
 """
 
 from __future__ import annotations
@@ -15,24 +15,10 @@ import os
 import numpy as np
 
 from dualtalk_jax import audio
+from dualtalk_jax.eval.activity import voice_activity
 
 COLORS = ("tab:red", "tab:blue")
 TRUTH_COLOR = "black"
-
-
-def voice_activity(samples: np.ndarray, frames: int) -> np.ndarray:
-  """(frames,) bool: frame RMS (640-sample frames) above the midpoint, in dB, of the track's
-  quiet (10th percentile) and loud (95th) frames; robust to the partner's bleed into a track."""
-  x = np.zeros(frames * audio.SAMPLES_PER_FRAME, np.float32)
-  n = min(len(samples), len(x))
-  x[:n] = samples[:n]
-  rms = np.sqrt(np.mean(x.reshape(frames, -1).astype(np.float64) ** 2, axis=1))
-  lo, hi = np.percentile(rms, [10, 95])
-  if hi <= 0:
-    return np.zeros(frames, bool)
-  active = rms > np.sqrt(max(lo, 1e-4 * hi) * hi)
-  k = np.ones(5) / 5  # drop single-frame blips
-  return np.convolve(active.astype(float), k, mode="same") > 0.5
 
 
 def _spans(mask):

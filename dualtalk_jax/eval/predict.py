@@ -46,7 +46,7 @@ class Clip:
 
   audio_self: np.ndarray
   audio_other: np.ndarray
-  motion_other: np.ndarray
+  motion_other: np.ndarray | None  # None: a no_partner_motion model, which never reads it
   name: str = ""
 
   @property
@@ -95,25 +95,28 @@ def load_model(checkpoint_path: str, *, config: str = "large", wav2vec2_config: 
   return model
 
 
-def load_inputs(audio_self: str, audio_other: str, motion_other: str, name: str = "", *,
+def load_inputs(audio_self: str, audio_other: str, motion_other: str | None, name: str = "", *,
                 channel: int | None = None, normalize: bool = True) -> Clip:
-  """Reads and checks one prediction's three files (errors name the file).
+  """Reads and checks one prediction's three files (errors name the file); no partner
+  motion file (None) for a no_partner_motion model.
 
   Lengths follow preprocess's rule (`audio.frame_mismatch`): the partner's audio and
   motion agree within `audio.MAX_FRAME_MISMATCH` frames, and the target's audio is within
   twice that of the partner's motion (preprocess holds each track to its own motion and
-  the two motions to each other). `channel` picks one channel of multichannel audio.
+  the two motions to each other); without partner motion, the two audio tracks agree
+  within twice the tolerance. `channel` picks one channel of multichannel audio.
   `normalize=False` keeps the audio as read (streaming normalises as it goes).
   """
   load = _load_track if normalize else load_raw_track
   a = load(audio_self, channel)
   b = load(audio_other, channel)
-  m = load_motion(motion_other)
-  checks = ((f"{audio_other} (partner audio)", audio.num_frames(len(b))), (f"{motion_other} (partner motion)", len(m)),
-            audio.MAX_FRAME_MISMATCH), \
-           ((f"{audio_self} (target audio)", audio.num_frames(len(a))), (f"{motion_other} (partner motion)", len(m)),
-            2 * audio.MAX_FRAME_MISMATCH)
-  for x, y, tol in checks:
+  m = None if motion_other is None else load_motion(motion_other)
+  partner = ((f"{motion_other} (partner motion)", len(m)) if m is not None else
+             (f"{audio_other} (partner audio)", audio.num_frames(len(b))))
+  checks = [((f"{audio_self} (target audio)", audio.num_frames(len(a))), partner, 2 * audio.MAX_FRAME_MISMATCH)]
+  if m is not None:
+    checks.append(((f"{audio_other} (partner audio)", audio.num_frames(len(b))), partner, audio.MAX_FRAME_MISMATCH))
+  for x, y, tol in reversed(checks):
     if problem := audio.frame_mismatch(x, y, tol):
       raise InputError(f"length mismatch: {problem}; the files of one conversation must cover the same time")
   return Clip(a, b, m, name or os.path.basename(audio_self))
@@ -191,16 +194,20 @@ def predict_padded(model, clips: Sequence[Clip], *, batch_size: int | None = Non
   step = max(HOP, int(round(bucket_seconds * audio.SAMPLE_RATE / HOP)) * HOP)
   frames = np.array([c.num_frames for c in clips] if num_frames is None else num_frames, np.int32)
   s_pad = bucket(max(max(len(c.audio_self), len(c.audio_other)) for c in clips), step)
-  n_pad = bucket(max(len(c.motion_other) for c in clips), step // HOP)
   max_frames = max(audio.num_frames(s_pad), int(frames.max()))
   rows = list(clips) + [clips[0]] * (b - len(clips))
   frames = np.concatenate([frames, np.repeat(frames[:1], b - len(clips))])
   lens = lambda key: np.array([len(getattr(c, key)) for c in rows], np.int32)
+  motion = motion_lengths = None  # all clips without partner motion: a no_partner_motion model
+  if any(c.motion_other is not None for c in clips):
+    if any(c.motion_other is None for c in clips):
+      raise ValueError("clips with and without partner motion in one batch")
+    motion = _pad_rows([c.motion_other for c in rows], bucket(max(len(c.motion_other) for c in clips), step // HOP), b)
+    motion_lengths = lens("motion_other")
   out = predict(
       model, _pad_rows([c.audio_self for c in rows], s_pad, b), _pad_rows([c.audio_other for c in rows], s_pad, b),
-      _pad_rows([c.motion_other for c in rows], n_pad, b), audio_self_lengths=lens("audio_self"),
-      audio_other_lengths=lens("audio_other"), motion_other_lengths=lens("motion_other"), num_frames=frames,
-      max_frames=max_frames)
+      motion, audio_self_lengths=lens("audio_self"), audio_other_lengths=lens("audio_other"),
+      motion_other_lengths=motion_lengths, num_frames=frames, max_frames=max_frames)
   out = np.asarray(out)
   return [out[i, :frames[i]] for i in range(len(clips))]
 
@@ -302,16 +309,19 @@ def predict_windowed(model, clip: Clip, *, window_seconds: float = 20.0, overlap
   o = min(int(round(overlap_seconds * audio.FPS)), w // 2)
   starts = window_starts(t, w, o)
   weights = crossfade_weights(starts, w)
-  n = len(clip.motion_other)
   wins = []
   for s in starts:
     a = clip.audio_self[s * HOP:(s + w) * HOP]
     b = clip.audio_other[s * HOP:(s + w) * HOP]
     if len(b) < len(a):  # the partner's track ended earlier: silence (0 after normalisation)
       b = np.concatenate([b, np.zeros(len(a) - len(b), np.float32)])
-    m0 = min(s, n - 1)  # at least one partner frame, the last one if its motion ended
-    wins.append(Clip(a, b, clip.motion_other[m0:max(m0 + 1, min(s + w, n))]))
-  out = np.zeros((t, clip.motion_other.shape[1]), np.float64)
+    m = None
+    if clip.motion_other is not None:
+      n = len(clip.motion_other)
+      m0 = min(s, n - 1)  # at least one partner frame, the last one if its motion ended
+      m = clip.motion_other[m0:max(m0 + 1, min(s + w, n))]
+    wins.append(Clip(a, b, m))
+  out = np.zeros((t, audio.MOTION_DIM), np.float64)
   norm = np.zeros((t, 1), np.float64)
   for i in range(0, len(wins), batch_size):
     preds = runner(wins[i:i + batch_size], [w] * len(wins[i:i + batch_size]))

@@ -23,6 +23,32 @@ is what the preprocessing feature cache stores (dualtalk_jax/data/feature_cache.
 `model(None, None, motion_other, features_self=..., features_other=...)` takes those
 cached hidden states instead of audio, skips both encoders and is otherwise the same
 forward pass (same params; the encoder params are simply not read).
+
+Ablations (`DualTalkConfig.ablation`, the paper's Tab. 6). Each removes the named module
+or input, whose params are then absent from the param tree; what takes its place keeps
+every other shape as released:
+
+    no_partner_speech     no `audio_encoder2`; audio_other is never read. The temporal
+                          enhancer's cross-attention queries the partner's motion with
+                          the target's own projected audio (T frames) instead.
+    no_partner_motion     no `blendshape_encoder`; motion_other is never read (pass None).
+                          The cross-attention attends from the partner's projected audio
+                          to itself (self-attention over the T partner-audio frames).
+    mfcc                  no `audio_encoder1`/`audio_encoder2`; 13 MFCCs per 10 ms of each
+                          track (dualtalk_jax/models/mfcc.py), resampled to the T frames
+                          like wav2vec2's conv features, go through `audio_projection`
+                          (now 13 -> feature_dim, still shared by both tracks).
+    no_temporal_enhancer  no `temporal_enhancer`; its output is replaced by the sum of the
+                          partner's projected audio and encoded motion, the motion's N
+                          frames linearly resampled to the T frames.
+    no_interaction        no `interaction_module`; [target audio | enhancer output] goes
+                          straight to the synthesis module.
+    no_modulation         no `synthesis_module.modulation_layer`; the decoder output goes
+                          straight to `blendshape_predictor`.
+
+`DualTalkConfig.interaction_residual` (not released, off for `large`/`base`) returns
+x + Dropout(SelfAttention(x)) from the interaction module instead of the attention
+output alone.
 """
 
 from __future__ import annotations
@@ -36,8 +62,8 @@ from flax import nnx
 
 from dualtalk_jax import audio
 from dualtalk_jax.config import DualTalkConfig
-from dualtalk_jax.models import layers
-from dualtalk_jax.models.wav2vec2 import Wav2Vec2Model
+from dualtalk_jax.models import layers, mfcc
+from dualtalk_jax.models.wav2vec2 import Wav2Vec2Model, resample_frames
 
 
 def make_rngs(seed: int) -> nnx.Rngs:
@@ -52,38 +78,57 @@ def frame_mask(num_frames, max_frames: int):
 
 
 class JointEncoder(nnx.Module):
-  """`joint_encoder`: DualSpeakerJointEncoder."""
+  """`joint_encoder`: DualSpeakerJointEncoder (ablations: see the module docstring)."""
 
   def __init__(self, cfg: DualTalkConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32,
                remat: str = ""):
     kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
-    self.audio_encoder1 = Wav2Vec2Model(cfg.wav2vec2, remat=remat, **kw)
-    self.audio_encoder2 = Wav2Vec2Model(cfg.wav2vec2, remat=remat, **kw)
-    self.audio_projection = layers.torch_linear(cfg.wav2vec2.hidden_size, cfg.feature_dim, **kw)
-    self.blendshape_encoder = nnx.Sequential(
-        layers.torch_linear(cfg.motion_dim, cfg.blendshape_hidden, **kw),
-        jax.nn.relu,
-        layers.torch_linear(cfg.blendshape_hidden, cfg.feature_dim, **kw),
-        jax.nn.relu,
-    )
+    self.use_mfcc = not cfg.uses_wav2vec2
+    if cfg.uses_wav2vec2:
+      self.audio_encoder1 = Wav2Vec2Model(cfg.wav2vec2, remat=remat, **kw)
+      if cfg.uses_partner_speech:
+        self.audio_encoder2 = Wav2Vec2Model(cfg.wav2vec2, remat=remat, **kw)
+    audio_dim = cfg.wav2vec2.hidden_size if cfg.uses_wav2vec2 else mfcc.NUM_COEFFS
+    self.audio_projection = layers.torch_linear(audio_dim, cfg.feature_dim, **kw)
+    if cfg.uses_partner_motion:
+      self.blendshape_encoder = nnx.Sequential(
+          layers.torch_linear(cfg.motion_dim, cfg.blendshape_hidden, **kw),
+          jax.nn.relu,
+          layers.torch_linear(cfg.blendshape_hidden, cfg.feature_dim, **kw),
+          jax.nn.relu,
+      )
     self.frozen_encoders = False  # see `freeze_audio_encoders`
+
+  @property
+  def encoders(self) -> list[Wav2Vec2Model]:
+    """The wav2vec2 encoders this model holds (none for `mfcc`, one for `no_partner_speech`)."""
+    return [getattr(self, n) for n in ("audio_encoder1", "audio_encoder2") if hasattr(self, n)]
 
   def encode_audio(self, audio_self, audio_other, *, audio_self_lengths, audio_other_lengths, num_frames, max_frames):
     """The two encoders' last hidden states, each resampled to `max_frames`: (B, T, H) twice.
 
     `audio_encoder1` encodes the target's audio, `audio_encoder2` the partner's. With
-    `frozen_encoders` set, the outputs carry no gradient."""
+    `frozen_encoders` set, the outputs carry no gradient. `mfcc`: MFCCs of both tracks;
+    `no_partner_speech`: the partner's is None."""
     enc = dict(num_frames=num_frames, max_frames=max_frames)
+    if self.use_mfcc:
+      return (mfcc.mfcc_features(audio_self, audio_self_lengths, num_frames, max_frames),
+              mfcc.mfcc_features(audio_other, audio_other_lengths, num_frames, max_frames))
     h_self, _ = self.audio_encoder1(audio_self, input_lengths=audio_self_lengths, **enc)
-    h_other, _ = self.audio_encoder2(audio_other, input_lengths=audio_other_lengths, **enc)
+    h_other = None
+    if hasattr(self, "audio_encoder2"):
+      h_other, _ = self.audio_encoder2(audio_other, input_lengths=audio_other_lengths, **enc)
     if self.frozen_encoders:
-      h_self, h_other = jax.lax.stop_gradient(h_self), jax.lax.stop_gradient(h_other)
+      h_self = jax.lax.stop_gradient(h_self)
+      h_other = None if h_other is None else jax.lax.stop_gradient(h_other)
     return h_self, h_other
 
   def __call__(self, audio_self, audio_other, motion_other, *, audio_self_lengths, audio_other_lengths, num_frames, max_frames,
                features_self=None, features_other=None):
     """`features_self`/`features_other` ((B, max_frames, H), e.g. from the feature cache)
-    replace the encoders' outputs; the audio arguments are then ignored (pass None)."""
+    replace the encoders' outputs; the audio arguments are then ignored (pass None).
+    Returns the projected target audio, partner audio and encoded partner motion; the
+    latter two are None where the ablation removes them."""
     if (features_self is None) != (features_other is None):
       raise ValueError("pass both features_self and features_other, or neither")
     if features_self is None:
@@ -92,14 +137,16 @@ class JointEncoder(nnx.Module):
                                           max_frames=max_frames)
     else:
       h_self, h_other = features_self, features_other
-      want = (motion_other.shape[0], max_frames, self.audio_projection.in_features)
+      want = (np.shape(h_self)[0], max_frames, self.audio_projection.in_features)
       for name, h in (("features_self", h_self), ("features_other", h_other)):
         if tuple(h.shape) != want:
           raise ValueError(f"{name} has shape {tuple(h.shape)}, expected (batch, max_frames, hidden) = {want}")
+      if not hasattr(self, "audio_encoder2"):
+        h_other = None
     return (
         self.audio_projection(h_self),
-        self.audio_projection(h_other),
-        self.blendshape_encoder(motion_other),
+        None if h_other is None else self.audio_projection(h_other),
+        self.blendshape_encoder(motion_other) if hasattr(self, "blendshape_encoder") else None,
     )
 
 
@@ -108,9 +155,11 @@ def freeze_audio_encoders(model: "DualTalk") -> "DualTalk":
   and no gradient through them; the rest of the model keeps its mode. Call it after
   `model.train()`, which would put the encoders back in training mode. Returns `model`."""
   je = model.joint_encoder
+  if not je.encoders:
+    raise ValueError("the mfcc ablation has no wav2vec2 encoders to freeze")
   je.frozen_encoders = True
-  je.audio_encoder1.eval()
-  je.audio_encoder2.eval()
+  for e in je.encoders:
+    e.eval()
   return model
 
 
@@ -141,10 +190,12 @@ class InteractionModule(nnx.Module):
     )
     self.self_attention = layers.MultiheadAttention(d, cfg.interaction_heads, **kw)
     self.dropout = nnx.Dropout(cfg.self_attention_dropout, rngs=rngs)
+    self.residual = cfg.interaction_residual
 
   def __call__(self, x, *, mask):
     x = self.interaction_encoder(x, mask)
-    return self.dropout(self.self_attention(x, x, x, mask))
+    y = self.dropout(self.self_attention(x, x, x, mask))
+    return x + y if self.residual else y
 
 
 class SynthesisModule(nnx.Module):
@@ -160,12 +211,13 @@ class SynthesisModule(nnx.Module):
         lambda: layers.TransformerDecoderLayer(d, cfg.interaction_heads, cfg.interaction_ff, cfg.interaction_dropout, **kw),
         remat,
     )
-    self.modulation_layer = layers.torch_linear(d, d, **kw)
+    if cfg.ablation != "no_modulation":
+      self.modulation_layer = layers.torch_linear(d, d, **kw)
     self.blendshape_predictor = layers.torch_linear(d, cfg.motion_dim, **kw)
 
   def __call__(self, x, *, mask):
     d = self.synthesis_decoder(x, x, mask, mask)
-    y = d + self.modulation_scale * self.modulation_layer(d)
+    y = d + self.modulation_scale * self.modulation_layer(d) if hasattr(self, "modulation_layer") else d
     return self.blendshape_predictor(y)
 
 
@@ -181,8 +233,10 @@ class DualTalk(nnx.Module):
     self.config = cfg
     kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
     self.joint_encoder = JointEncoder(cfg, remat=remat, **kw)
-    self.temporal_enhancer = TemporalEnhancer(cfg, **kw)
-    self.interaction_module = InteractionModule(cfg, remat=remat, **kw)
+    if cfg.ablation != "no_temporal_enhancer":
+      self.temporal_enhancer = TemporalEnhancer(cfg, **kw)
+    if cfg.ablation != "no_interaction":
+      self.interaction_module = InteractionModule(cfg, remat=remat, **kw)
     self.synthesis_module = SynthesisModule(cfg, remat=remat, **kw)
 
   def __call__(
@@ -203,8 +257,10 @@ class DualTalk(nnx.Module):
 
     Args:
       audio_self, audio_other: (B, S) and (B, S') normalised 16 kHz audio, zero-padded
-        (None with features_self/features_other).
-      motion_other: (B, N, 56) partner motion (N need not equal T), zero-padded.
+        (None with features_self/features_other; audio_other may be None for
+        `no_partner_speech`).
+      motion_other: (B, N, 56) partner motion (N need not equal T), zero-padded; None for
+        `no_partner_motion` (the only variant that may omit it).
       *_lengths: (B,) valid samples / frames per clip; None = the whole row.
       num_frames: (B,) output frames per clip, `audio.num_frames(len(audio_self))` computed
         on the host in float64 as the released code does; None = from the padded width
@@ -233,10 +289,15 @@ class DualTalk(nnx.Module):
     if max_frames is None:
       max_frames = int(np.max(np.asarray(num_frames)))
     num_frames = jnp.asarray(num_frames, jnp.int32)
-    if motion_other_lengths is None:
+    cfg = self.config
+    if motion_other is None and cfg.uses_partner_motion:
+      raise ValueError(f"this model (ablation {cfg.ablation!r}) needs the partner's motion; only a "
+                       "no_partner_motion model runs without it")
+    if not cfg.uses_partner_motion:
+      motion_other = motion_other_lengths = None  # never read
+    elif motion_other_lengths is None:
       motion_other_lengths = jnp.full((b,), motion_other.shape[1], jnp.int32)
     mask = frame_mask(num_frames, max_frames)
-    motion_mask = frame_mask(motion_other_lengths, motion_other.shape[1])
 
     a_self, a_other, m_other = self.joint_encoder(
         audio_self,
@@ -249,9 +310,20 @@ class DualTalk(nnx.Module):
         features_self=features_self,
         features_other=features_other,
     )
-    x = self.temporal_enhancer(a_other, m_other, motion_mask=motion_mask, num_frames=num_frames)
+    if cfg.ablation == "no_temporal_enhancer":
+      m = resample_frames(m_other, jnp.asarray(motion_other_lengths, jnp.int32), num_frames, max_frames)
+      x = jnp.where(mask[..., None], a_other + m, 0.0)
+    else:
+      if cfg.ablation == "no_partner_speech":
+        query, kv, kv_mask = a_self, m_other, frame_mask(motion_other_lengths, motion_other.shape[1])
+      elif cfg.ablation == "no_partner_motion":
+        query, kv, kv_mask = a_other, a_other, mask
+      else:
+        query, kv, kv_mask = a_other, m_other, frame_mask(motion_other_lengths, motion_other.shape[1])
+      x = self.temporal_enhancer(query, kv, motion_mask=kv_mask, num_frames=num_frames)
     h = jnp.concatenate([a_self, x], axis=-1)
-    h = self.interaction_module(h, mask=mask)
+    if hasattr(self, "interaction_module"):
+      h = self.interaction_module(h, mask=mask)
     return self.synthesis_module(h, mask=mask)
 
 
@@ -273,10 +345,10 @@ def predict(model: DualTalk, audio_self, audio_other, motion_other, *, audio_sel
     num_frames = np.full((b,), audio.num_frames(s), np.int32)
   if max_frames is None:
     max_frames = int(np.max(num_frames))
-  full = lambda x, n: np.full((b,), n, np.int32) if x is None else x
+  full = lambda x, arr: None if arr is None else np.full((b,), np.shape(arr)[1], np.int32) if x is None else x
   return _predict(
-      model, audio_self, audio_other, motion_other, full(audio_self_lengths, s), full(audio_other_lengths, np.shape(audio_other)[1]),
-      full(motion_other_lengths, np.shape(motion_other)[1]), num_frames, max_frames,
+      model, audio_self, audio_other, motion_other, full(audio_self_lengths, audio_self),
+      full(audio_other_lengths, audio_other), full(motion_other_lengths, motion_other), num_frames, max_frames,
   )
 
 

@@ -52,7 +52,21 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]
 
 
 def model_config(config: ml_collections.ConfigDict) -> DualTalkConfig:
-  return get_model_config(config.model, config.get("wav2vec2_config") or None)
+  """The run's model: `config.model`, `wav2vec2_config`, `ablation`, `interaction_residual`."""
+  return get_model_config(config.model, config.get("wav2vec2_config") or None, ablation=config.get("ablation", ""),
+                          interaction_residual=config.get("interaction_residual", False))
+
+
+def check_model_options(config, cfg: DualTalkConfig) -> None:
+  """Refuses run options that mean nothing for the model's ablation (a clear error, not a no-op)."""
+  asked = [name for name, on in (("optim.freeze_wav2vec2", config.optim.get("freeze_wav2vec2", False)),
+                                 ("data.feature_cache", uses_feature_cache(config)),
+                                 ("pretrained_wav2vec2", config.get("pretrained_wav2vec2"))) if on]
+  if not cfg.uses_wav2vec2 and asked:
+    raise ValueError(f"ablation 'mfcc' has no wav2vec2 encoders: {', '.join(asked)} cannot apply; unset it")
+  if not cfg.uses_partner_speech and uses_feature_cache(config):
+    raise ValueError("ablation 'no_partner_speech' has no audio_encoder2, but the wav2vec2 feature cache is made "
+                     "for both encoders; unset data.feature_cache (optim.freeze_wav2vec2 alone works)")
 
 
 def compute_dtype(config) -> Any:
@@ -73,6 +87,7 @@ def frozen_wav2vec2(config) -> bool:
 
 def make_model_def(config, cfg: DualTalkConfig) -> step_lib.ModelDef:
   """The model graph a run of `config` trains (dtype, remat, frozen wav2vec2); shared with `aot`."""
+  check_model_options(config, cfg)
   return step_lib.ModelDef(cfg, dtype=compute_dtype(config), remat=config.get("remat", ""),
                            frozen_encoders=frozen_wav2vec2(config))
 

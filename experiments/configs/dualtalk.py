@@ -31,6 +31,10 @@ def get_config(arg: str = "large") -> ml_collections.ConfigDict:
   c.init_checkpoint = ""  # a converted DualTalk checkpoint to start from
   c.compute_dtype = "float32"  # or "bfloat16" (f32 master weights)
   c.remat = ""  # "" or a jax.checkpoint policy name for the wav2vec2/transformer layers
+  # "" (released) or one of the paper's Tab. 6 ablations: no_partner_speech, no_partner_motion,
+  # mfcc, no_temporal_enhancer, no_interaction, no_modulation (dualtalk_jax/models/dualtalk.py)
+  c.ablation = ""
+  c.interaction_residual = False  # not released: residual around the interaction self-attention
 
   c.steps_per_epoch = 3300
   c.num_epochs = 100

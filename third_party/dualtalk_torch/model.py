@@ -225,6 +225,8 @@ class DualTalk(nn.Module):
 
     if isinstance(cfg, str):
       cfg = jax_config.CONFIGS[cfg]
+    if not cfg.is_released:
+      raise ValueError(f"the released module tree has no ablation ({cfg.ablation!r}) or interaction residual")
     w2v = transformers.Wav2Vec2Config(**cfg.wav2vec2.to_hf_dict())
     return cls(
         w2v,
