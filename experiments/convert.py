@@ -22,12 +22,12 @@ import time
 from absl import app, flags
 
 from dualtalk_jax import runtime
-from dualtalk_jax.config import get_model_config
+from dualtalk_jax.config import CONFIGS, get_model_config
 from dualtalk_jax.convert import pytorch, table
 
 _INPUT = flags.DEFINE_string("input", None, "A .pth/.pt/.safetensors file, an orbax checkpoint directory or a training workdir.", required=True)
 _OUTPUT = flags.DEFINE_string("output", None, "A checkpoint directory (from a torch file) or a .pth/.safetensors file.", required=True)
-_CONFIG = flags.DEFINE_enum("config", "large", ["large", "base", "tiny"], "Model config of a torch input that records none (the released DualTalk.pth: large); exports and checkpoints record theirs.")
+_CONFIG = flags.DEFINE_enum("config", "large", sorted(CONFIGS), "Model config of a torch input that records none (the released DualTalk.pth: large); exports and checkpoints record theirs.")
 _WAV2VEC2_CONFIG = flags.DEFINE_string("wav2vec2_config", None, "A HF wav2vec2 config.json replacing the config's wav2vec2 part.")
 _WEIGHT_NORM = flags.DEFINE_enum("weight_norm", "new", list(table.WEIGHT_NORM_NAMINGS), "Weight-norm key naming written to torch: new (parametrizations.weight.original0/1) or legacy (weight_g/weight_v).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing output.")

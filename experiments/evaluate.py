@@ -27,11 +27,13 @@ import time
 
 from absl import app, flags
 
+from dualtalk_jax.config import CONFIGS
+
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Raw split folder: <clip>_speaker{1,2}.{wav,npz}.", required=True)
 _PRED_DIR = flags.DEFINE_string("pred_dir", None, "Folder of <clip>_speakerK.npy predictions (read, or written with --checkpoint).")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Predict first with this checkpoint: orbax dir, workdir or .pth.")
 _OUTPUT = flags.DEFINE_string("output", None, "Metrics JSON to write (a _per_file.csv is written beside it).", required=True)
-_CONFIG = flags.DEFINE_enum("config", "large", ["large", "base", "tiny"], "Model config of a torch checkpoint.")
+_CONFIG = flags.DEFINE_enum("config", "large", sorted(CONFIGS), "Model config of a torch checkpoint.")
 _WAV2VEC2_CONFIG = flags.DEFINE_string("wav2vec2_config", None, "A HF wav2vec2 config.json for a torch checkpoint.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Clips per prediction batch.")
 _BUCKET_SECONDS = flags.DEFINE_float("bucket_seconds", 2.0, "Audio is padded to a multiple of this (one compile per bucket).")

@@ -31,8 +31,10 @@ import time
 
 from absl import app, flags
 
+from dualtalk_jax.config import CONFIGS
+
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Orbax checkpoint dir, training workdir, or .pth/.safetensors.", required=True)
-_CONFIG = flags.DEFINE_enum("config", "large", ["large", "base", "tiny"], "Model config of a torch checkpoint.")
+_CONFIG = flags.DEFINE_enum("config", "large", sorted(CONFIGS), "Model config of a torch checkpoint.")
 _WAV2VEC2_CONFIG = flags.DEFINE_string("wav2vec2_config", None, "A HF wav2vec2 config.json for a torch checkpoint.")
 _AUDIO_SELF = flags.DEFINE_string("audio_self", None, "The target speaker's audio (not with --microphone).")
 _AUDIO_OTHER = flags.DEFINE_string("audio_other", None, "The partner's audio.", required=True)
