@@ -238,7 +238,7 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _launch_two_hosts(data_dirs, workdir, log_dir, cache_dir, *flags):
+def _launch_two_hosts(data_dirs, workdir, log_dir, *flags):
   """2 processes x 4 CPU devices (gloo collectives) of `experiments.train`, output to log_dir/host{i}.log."""
   import os
   import subprocess
@@ -250,9 +250,7 @@ def _launch_two_hosts(data_dirs, workdir, log_dir, cache_dir, *flags):
             "--config.data.window_frames=25", "--config.data.thread_count=0", "--config.batch_size=8",
             "--config.checkpoint_every=100000", "--config.log_every=1", "--config.eval_every=1",
             "--config.progress_bar=False", "--config.mesh.fsdp=2", f"--workdir={workdir}"]
-  # the rerun compiles nothing the first launch compiled
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
-             JAX_COMPILATION_CACHE_DIR=str(cache_dir), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
   port = _free_port()
   procs = []
   for i in range(2):
@@ -287,9 +285,9 @@ def test_two_hosts_preempt_together_resume_and_match_one_host(data_dirs, tmp_pat
   import signal
   import time
 
-  work, logs_dir, cache = tmp_path / "multi", tmp_path / "logs", tmp_path / "jax_cache"
+  work, logs_dir = tmp_path / "multi", tmp_path / "logs"
   logs_dir.mkdir()
-  procs = _launch_two_hosts(data_dirs, work, logs_dir, cache, "--config.total_steps=100000")
+  procs = _launch_two_hosts(data_dirs, work, logs_dir, "--config.total_steps=100000")
   deadline = time.time() + 600
   while "step 2:" not in (logs_dir / "host1.log").read_text():
     assert time.time() < deadline and all(p.poll() is None for p in procs), (logs_dir / "host1.log").read_text()[-3000:]
@@ -303,7 +301,7 @@ def test_two_hosts_preempt_together_resume_and_match_one_host(data_dirs, tmp_pat
   assert ckpt.latest_step() == step
   ckpt.close()
 
-  procs = _launch_two_hosts(data_dirs, work, logs_dir, cache, f"--config.total_steps={step + 1}")
+  procs = _launch_two_hosts(data_dirs, work, logs_dir, f"--config.total_steps={step + 1}")
   logs = _wait_all(procs, logs_dir)
   assert all(f"resumed from {work / 'checkpoints'} step {step}" in log for log in logs)
   multi = json.loads((work / "last_metrics.json").read_text())
