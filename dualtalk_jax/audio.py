@@ -10,6 +10,7 @@
 - `num_frames`: output frame count `math.ceil(samples / 16000 * 25)` in float64, as the
   released code writes it (4480 samples give 8 frames, not 7).
 - `motion_from_flame` / `flame_from_motion`: FLAME npz <-> `[exp(50), jaw(3), neck(3)]`.
+- `frame_mismatch`: the one length rule of preprocess, infer and evaluate.
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ FPS = 25
 SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640
 EXP_DIM = 50
 MOTION_DIM = 56  # exp(50) + jaw(3) + neck(3)
+# How many frames two lengths of one clip (audio frames, motion frames, prediction frames)
+# may differ by. preprocess, infer and evaluate share it: within it, inputs are cut to the
+# common length (as the released code does); beyond it, the pair is refused.
+MAX_FRAME_MISMATCH = 1
 
 
 class AudioError(ValueError):
@@ -107,8 +112,9 @@ def read_audio(path: str | os.PathLike, *, channel: int | None = None,
   channels = data.shape[1]
   if channel is None:
     if channels != 1:
-      raise AudioError(f"{path}: {channels} channels (expected mono); pass channel=k to "
-                       "pick one", "multichannel")
+      raise AudioError(f"{path}: {channels} channels (expected mono); pick one with --channel=K "
+                       f"(K in 0..{channels - 1}; infer, evaluate and preprocess have the flag)",
+                       "multichannel")
     x = data[:, 0]
   else:
     if not 0 <= channel < channels:
@@ -149,6 +155,14 @@ def normalize(x: np.ndarray) -> np.ndarray:
 def num_frames(num_samples: int) -> int:
   """Output frames for `num_samples` of 16 kHz audio, exactly as the released code."""
   return math.ceil(num_samples / 16000 * 25)
+
+
+def frame_mismatch(a: tuple[str, int], b: tuple[str, int], tolerance: int = MAX_FRAME_MISMATCH) -> str | None:
+  """None if two (name, frames) lengths agree within `tolerance` frames, else a message naming both."""
+  (name_a, n_a), (name_b, n_b) = a, b
+  if abs(int(n_a) - int(n_b)) <= tolerance:
+    return None
+  return f"{name_a} has {n_a} frames but {name_b} has {n_b} (tolerance {tolerance})"
 
 
 def num_frames_array(num_samples: Any) -> np.ndarray:

@@ -87,15 +87,13 @@ def load_params_into(model: nnx.Module, params: Mapping) -> None:
   assign(model, arrays)
 
 
-def _manager(directory: str, create: bool = False, **options) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(
-      os.path.abspath(directory), options=ocp.CheckpointManagerOptions(create=create, **options)
-  )
-
-
 def resolve(path: str | os.PathLike) -> str:
-  """A checkpoint root from a checkpoint directory or a training workdir."""
-  path = os.fspath(path)
+  """The absolute checkpoint root of a checkpoint directory or a training workdir.
+
+  Absolute, because orbax resolves item paths against its own root: a relative path
+  made it read no metadata at all.
+  """
+  path = os.path.abspath(os.fspath(path))
   if os.path.isdir(os.path.join(path, WORKDIR_CHECKPOINTS)):
     path = os.path.join(path, WORKDIR_CHECKPOINTS)
   if not os.path.isdir(path):
@@ -155,20 +153,19 @@ def restore_params(path: str | os.PathLike, *, step: int | None = None, target: 
   """
   root = resolve(path)
   cfg = read_model_config(root)
-  if step is None:
-    mgr = _manager(root)
-    step = mgr.latest_step()
-    mgr.close()
-  if step is None:
-    raise FileNotFoundError(f"{root}: holds no complete checkpoint step")
-  item = os.path.join(root, str(step), "params")
-  if not os.path.isdir(item):
-    raise FileNotFoundError(f"{item}: no params saved at step {step}")
-  with ocp.StandardCheckpointer() as ckptr:
+  with ocp.CheckpointManager(root, item_names=("params",),
+                             item_handlers={"params": ocp.StandardCheckpointHandler()}) as mgr:
+    if step is None:
+      step = mgr.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"{root}: holds no complete checkpoint step")
+    item = os.path.join(root, str(step), "params")
+    if not os.path.isdir(item):
+      raise FileNotFoundError(f"{item}: no params saved at step {step}")
     if target is None:  # host numpy arrays, whatever topology the checkpoint was saved on
-      meta = flatten_tree(ckptr.metadata(item).item_metadata.tree)
+      meta = flatten_tree(mgr.item_metadata(step)["params"])
       target = params_tree({p: np.empty(m.shape, m.dtype) for p, m in meta.items()})
-    params = ckptr.restore(item, target)
+    params = mgr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))["params"]
   return params, cfg, step
 
 

@@ -69,8 +69,9 @@ def _table(config) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from dualtalk_jax import aot
+  from dualtalk_jax import aot, runtime
 
+  runtime.configure()
   if not aot.libtpu_available():
     sys.exit("libtpu is not installed: pip install -r requirements-tpu.txt (it only compiles; no TPU is needed)")
   if _TABLE.value:

@@ -14,6 +14,7 @@ import sys
 
 from absl import app, flags, logging
 
+from dualtalk_jax import runtime
 from dualtalk_jax.data import preprocess
 
 _INPUT = flags.DEFINE_string("input_dir", None, "split folder with <clip>_speaker{1,2}.{wav,npz}")
@@ -23,6 +24,7 @@ _WORKERS = flags.DEFINE_integer("workers", 2, "processes loading clips")
 _STRICT = flags.DEFINE_bool("strict", False, "any rejected clip is fatal (non-zero exit)")
 _WINDOW = flags.DEFINE_integer("window_frames", 200, "training window, to note short clips")
 _TOL = flags.DEFINE_integer("max_frame_mismatch", 1, "audio/motion frames tolerated apart")
+_CHANNEL = flags.DEFINE_integer("channel", None, "for multichannel audio: the channel to use (else such clips are rejected)")
 _PROGRESS = flags.DEFINE_bool("progress", True, "show a progress bar")
 _CACHE = flags.DEFINE_string(
     "cache_wav2vec2", None,
@@ -39,14 +41,15 @@ flags.mark_flags_as_required(["input_dir", "output_dir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  runtime.configure()
   logging.set_verbosity(logging.WARNING)  # orbax's INFO lines when --cache_wav2vec2 reads a checkpoint
   try:
     m = preprocess.preprocess(_INPUT.value, _OUTPUT.value, num_shards=_SHARDS.value,
                               workers=_WORKERS.value, strict=_STRICT.value,
                               window_frames=_WINDOW.value, max_frame_mismatch=_TOL.value,
                               progress=_PROGRESS.value, cache_wav2vec2=_CACHE.value,
-                              cache_batch_size=_CACHE_BATCH.value)
-  except preprocess.PreprocessError as e:
+                              cache_batch_size=_CACHE_BATCH.value, channel=_CHANNEL.value)
+  except (preprocess.PreprocessError, OSError, ValueError) as e:
     print(f"preprocess failed: {e}", file=sys.stderr)
     sys.exit(1)
   c = m["counts"]

@@ -5,6 +5,7 @@ r"""Write synthetic DualTalk-format conversations (process: dualtalk_jax/data/sy
 
 from absl import app, flags
 
+from dualtalk_jax import runtime
 from dualtalk_jax.data import synthetic
 
 _OUTPUT = flags.DEFINE_string("output_dir", None, "folder for <clip>_speaker{1,2}.{wav,npz}")
@@ -19,6 +20,7 @@ flags.mark_flags_as_required(["output_dir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  runtime.configure()
   names = synthetic.synthesize(_OUTPUT.value, _NUM.value, _SEED.value,
                                min_seconds=_MIN.value, max_seconds=_MAX.value,
                                num_identities=_IDS.value, progress=True)

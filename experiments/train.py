@@ -5,7 +5,15 @@ checkpoint resumes from its newest step that restores (a damaged one is set asid
 Multi-host: on TPU pods pass `--distributed` (JAX finds the other hosts); on GPU clusters
 also give `--coordinator_address`, `--num_processes` and `--process_id`. SIGTERM (on any
 one host) saves a checkpoint (the same step on every host) and exits 0.
+
+A user error (a missing data dir, a bad config value, a non-finite loss) is one line on
+stderr and exit status 1. A run that fails before its first checkpoint leaves nothing
+that looks like a started run: what it wrote into the workdir is removed.
 """
+
+import os
+import shutil
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -34,14 +42,38 @@ def initialize_distributed():
                jax.local_device_count(), jax.device_count())
 
 
+def _remove_new_entries(workdir: str, before: set[str]) -> None:
+  """Removes what a failed run added to `workdir` when it saved no checkpoint step."""
+  ckpts = os.path.join(workdir, "checkpoints")
+  if os.path.isdir(ckpts) and any(n.isdigit() for n in os.listdir(ckpts)):
+    return  # a resumable run: keep everything
+  for name in set(os.listdir(workdir)) - before if os.path.isdir(workdir) else ():
+    path = os.path.join(workdir, name)
+    shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+  if not before and os.path.isdir(workdir) and not os.listdir(workdir):
+    os.rmdir(workdir)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  initialize_distributed()
-  from dualtalk_jax.train.loop import quiet_orbax, train_and_evaluate
+  from dualtalk_jax import runtime
 
-  quiet_orbax()
-  out = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  runtime.configure()
+  initialize_distributed()
+  import jax
+
+  from dualtalk_jax.train.loop import train_and_evaluate
+
+  workdir = os.path.abspath(_WORKDIR.value)
+  before = set(os.listdir(workdir)) if os.path.isdir(workdir) else set()
+  try:
+    out = train_and_evaluate(_CONFIG.value, workdir)
+  except (OSError, ValueError, ArithmeticError) as e:  # user errors and NonFiniteLossError
+    if jax.process_index() == 0:
+      _remove_new_entries(workdir, before)
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
   logging.info("finished at step %d", out["metrics"]["step"])
 
 

@@ -1,4 +1,4 @@
-"""Shared pytest set-up: repo root on sys.path, f32 matmuls at full precision on CPU."""
+"""Shared pytest set-up: repo root on sys.path, 8 virtual CPU devices, the entry points' runtime set-up."""
 import os
 import pathlib
 import sys
@@ -7,6 +7,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 SHARED = ROOT.parent / "shared"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# Several virtual CPU devices for the sharding tests; set before anything imports jax.
+# Several virtual CPU devices for the sharding tests; set before jax creates its CPU client.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
-import dualtalk_jax  # noqa: E402,F401  (adds its XLA CPU workarounds to XLA_FLAGS before jax starts)
+
+from dualtalk_jax import runtime  # noqa: E402
+
+runtime.configure()  # as every entry point does (the XLA CPU workaround, quiet logs)

@@ -237,11 +237,11 @@ def test_loader_refuses_bad_data(tmp_path):
 def test_demo_sample(tmp_path):
   raw = tmp_path / "demo"
   shutil.copytree(DEMO, raw)
-  m = preprocess.preprocess(str(raw), str(tmp_path / "out1"), window_frames=200)
-  assert m["counts"]["clips_written"] == 0
-  assert m["skipped"] == [{
-      "clip": "UbjUDM1MiGE_sub_video_72", "code": "missing_files",
-      "reason": "missing partner motion: UbjUDM1MiGE_sub_video_72_speaker1.npz not found"}]
+  # Its only clip lacks speaker1's motion: no usable clip, an error, and nothing written.
+  with pytest.raises(preprocess.PreprocessError,
+                     match="no usable clip, nothing written: missing partner motion: UbjUDM1MiGE_sub_video_72_speaker1.npz"):
+    preprocess.preprocess(str(raw), str(tmp_path / "out1"), window_frames=200)
+  assert not (tmp_path / "out1").exists()
   # With a stand-in speaker1 motion of the same length the clip goes through.
   n2 = dict(np.load(raw / "UbjUDM1MiGE_sub_video_72_speaker2.npz"))
   np.savez(raw / "UbjUDM1MiGE_sub_video_72_speaker1.npz", **n2)

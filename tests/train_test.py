@@ -317,8 +317,8 @@ def test_two_hosts_preempt_together_resume_and_match_one_host(data_dirs, tmp_pat
   assert_params(params, single_params, exact=False)
 
 
-def test_quickstart_runs_end_to_end(tmp_path):
-  """The README's main job on a miniature budget: every artefact it promises is written."""
+def test_quickstart_runs_end_to_end(tmp_path, capsys):
+  """The README's main job on a miniature budget: every artefact it promises is written, one line per stage."""
   from dualtalk_jax.train import quickstart as qs
 
   r = qs.run(str(tmp_path / "qs"), total_steps=3, checkpoint_every=3, eval_every=3, progress_bar=False,
@@ -330,3 +330,9 @@ def test_quickstart_runs_end_to_end(tmp_path):
   assert pathlib.Path(r["pytorch_checkpoint"]).stat().st_size > 0
   params, _, step = checkpoint.restore_params(r["workdir"])
   assert step == 3
+  out = capsys.readouterr().out
+  for line in ("synthesizing 3 train", "preprocessed train in", "compiling and training done in", "scoring done in",
+               "exporting done in"):
+    assert f"[quickstart] {line}" in out, out
+  assert not (tmp_path / "qs" / "synthetic" / "train").exists()  # raw training clips are not kept
+  assert r["disk_mb"] > 0

@@ -3,6 +3,12 @@
     torch file (.pth/.pt/.safetensors) -> orbax checkpoint directory   `torch_to_checkpoint`
     checkpoint directory / workdir     -> .pth or .safetensors         `checkpoint_to_torch`
 
+Exports record their model config, so they load without naming one: `.safetensors` in
+the file's metadata (`CONFIG_METADATA_KEY`), `.pth`/`.pt`/`.bin` in a JSON beside the file
+(`<file>.json`; the `.pth` itself stays the bare state dict the released code
+strict-loads). A file without one (the released `DualTalk.pth`) needs a config name, and
+when its keys do not fit that config the error names the config they do fit.
+
 The layout change is the one conversion table (`table.py`). Torch files are read with
 `weights_only=True` and memory-mapped, then converted one tensor at a time into jax
 arrays, dropping each tensor's mapped pages once it is copied, so a 2.6 GB checkpoint
@@ -13,6 +19,7 @@ temporary name and renamed when complete. torch is needed only for `.pth`/`.pt` 
 from __future__ import annotations
 
 import gc
+import json
 import os
 import uuid
 from collections.abc import Mapping
@@ -21,12 +28,15 @@ from typing import Any
 import numpy as np
 
 from dualtalk_jax import checkpoint
-from dualtalk_jax.config import DualTalkConfig
+from dualtalk_jax.config import CONFIGS, DualTalkConfig, get_model_config
 from dualtalk_jax.convert import table
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin")
 SAFETENSORS_SUFFIX = ".safetensors"
 _WRAPPERS = ("state_dict", "model", "model_state_dict")
+CONFIG_METADATA_KEY = "dualtalk_jax.model_config"
+_ZIP_MAGIC = b"PK\x03\x04"
+_LEGACY_MAGIC = b"\x80\x02"  # torch < 1.6 files: a protocol-2 pickle
 
 
 def is_torch_file(path: str) -> bool:
@@ -76,15 +86,88 @@ def _read_torch_file(path) -> tuple[dict[str, Any], bool]:
       raise
     except Exception as e:
       raise ValueError(f"{path}: cannot read safetensors file ({e})") from None
+  with open(path, "rb") as f:
+    head = f.read(4)
+  if not head.startswith((_ZIP_MAGIC, _LEGACY_MAGIC)):
+    raise ValueError(f"{path}: cannot read torch checkpoint: not a PyTorch file, neither a zip archive "
+                     f"(torch.save since 1.6) nor a legacy torch pickle (the file starts with {head!r})")
   torch = _import_torch(path)
+  mapped = head.startswith(_ZIP_MAGIC)  # legacy files cannot be memory-mapped
   try:
-    obj, mapped = torch.load(path, map_location="cpu", weights_only=True, mmap=True), True
+    obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mapped)
   except Exception as e:
-    try:  # files written by torch < 1.6 (not zip) cannot be memory-mapped
-      obj, mapped = torch.load(path, map_location="cpu", weights_only=True), False
-    except Exception:
-      raise ValueError(f"{path}: cannot read torch checkpoint ({type(e).__name__}: {e})") from None
+    kind = "zip archive" if mapped else "legacy torch pickle"
+    raise ValueError(f"{path}: cannot read torch checkpoint: a {kind} that torch cannot load as weights "
+                     f"(truncated or not a state dict; {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
   return unwrap_state_dict(obj, path), mapped
+
+
+def config_sidecar(path: str) -> str:
+  """The JSON beside a .pth/.pt/.bin export that records its model config."""
+  return os.fspath(path) + ".json"
+
+
+def recorded_config(path: str) -> DualTalkConfig | None:
+  """The model config an export recorded (safetensors metadata or the JSON beside it), or None."""
+  path = os.fspath(path)
+  try:
+    if path.endswith(SAFETENSORS_SUFFIX):
+      from safetensors import safe_open
+
+      with safe_open(path, "np") as f:
+        text = (f.metadata() or {}).get(CONFIG_METADATA_KEY)
+    else:
+      side = config_sidecar(path)
+      text = open(side).read() if os.path.exists(side) else None
+    return DualTalkConfig.from_dict(json.loads(text)) if text else None
+  except (OSError, ValueError, TypeError) as e:
+    raise ValueError(f"{path}: its recorded model config cannot be read ({e})") from None
+
+
+def matching_config_names(state_dict: Mapping[str, Any]) -> list[str]:
+  """Named configs whose released-layout keys and shapes are exactly those of `state_dict`."""
+  from dualtalk_jax.models.dualtalk import abstract_model
+
+  have = {table.canonical_key(k): tuple(v.shape) for k, v in state_dict.items()}
+  return [name for name, cfg in CONFIGS.items()
+          if {table.canonical_key(k): s for k, s in table.torch_shapes(abstract_model(cfg)).items()} == have]
+
+
+def torch_file_config(path: str, cfg: DualTalkConfig | None = None, default: str = "large") -> DualTalkConfig:
+  """The model config of a torch file: the one it recorded, else `cfg`, else the `default` name.
+
+  A `cfg` given beside a recorded config must equal it.
+  """
+  recorded = recorded_config(path)
+  if recorded is not None and cfg is not None and cfg != recorded:
+    raise ValueError(f"{path}: records a different model config than the one asked for (--config / "
+                     "--wav2vec2_config); drop them to use the recorded one")
+  return recorded or cfg or get_model_config(default)
+
+
+def config_hint(path: str, state_dict: Mapping[str, Any], cfg: DualTalkConfig) -> str:
+  """What to pass when a torch file without a recorded config does not fit `cfg`."""
+  names = [n for n, c in CONFIGS.items() if c == cfg]
+  asked = f"--config={names[0]}" if names else "the config asked for"
+  fits = matching_config_names(state_dict)
+  if fits:
+    return f"{path} records no model config and its keys fit --config={fits[0]}, not {asked}: pass --config={fits[0]}"
+  return (f"{path} records no model config and fits none of the named configs ({', '.join(CONFIGS)}): pass "
+          "--config (and --wav2vec2_config with the HF config.json of its wav2vec2) for the model it holds")
+
+
+def load_torch_params(path: str, cfg: DualTalkConfig | None = None, default: str = "large") -> tuple[dict, DualTalkConfig]:
+  """(params tree, model config) of a released-layout torch file; config per `torch_file_config`."""
+  sd, mapped = _read_torch_file(path)
+  recorded = recorded_config(path)
+  cfg = torch_file_config(path, cfg, default)
+  try:
+    params = state_dict_to_params(sd, cfg, source=os.fspath(path), release=_drop_mapped_pages if mapped else None)
+  except table.ConversionError as e:
+    if recorded is None:
+      raise table.ConversionError(f"{config_hint(path, sd, cfg)}. Details: {e}") from None
+    raise
+  return params, cfg
 
 
 def _drop_mapped_pages(tensor) -> None:
@@ -119,21 +202,39 @@ def _atomic_target(output: str, overwrite: bool) -> str:
   return os.path.join(parent, f".{os.path.basename(output)}.tmp-{uuid.uuid4().hex[:8]}")
 
 
-def write_torch_file(state_dict: Mapping[str, np.ndarray], output: str, *, overwrite: bool = False) -> None:
-  """Writes a state dict as .pth (torch.save of tensors) or .safetensors, atomically."""
+def write_torch_file(state_dict: Mapping[str, np.ndarray], output: str, *, overwrite: bool = False,
+                     cfg: DualTalkConfig | None = None) -> None:
+  """Writes a state dict as .pth (torch.save of tensors) or .safetensors, atomically.
+
+  `cfg` is recorded: in the safetensors metadata, or as `<output>.json` beside a .pth
+  (written first, so a complete .pth never lacks it).
+  """
+  from dualtalk_jax.data.records import atomic_write
+
   output = os.fspath(output)
   if not is_torch_file(output):
     raise ValueError(f"{output}: output must end in .pth, .pt, .bin or .safetensors")
   tmp = _atomic_target(output, overwrite)
+  config_text = json.dumps(cfg.to_dict()) if cfg is not None else None
   try:
     if output.endswith(SAFETENSORS_SUFFIX):
       from safetensors.numpy import save_file
 
-      save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, tmp)
+      save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, tmp,
+                metadata={CONFIG_METADATA_KEY: config_text} if config_text else None)
     else:
       torch = _import_torch(output)
       writable = lambda v: v if v.flags.writeable and v.flags.c_contiguous else np.array(v, order="C")
       torch.save({k: torch.from_numpy(writable(np.asarray(v))) for k, v in state_dict.items()}, tmp)
+      side = config_sidecar(output)
+      if config_text:
+        def write(t):
+          with open(t, "w") as f:
+            f.write(config_text)
+
+        atomic_write(side, write)
+      elif os.path.exists(side):  # an overwritten export's config no longer applies
+        os.remove(side)
     os.replace(tmp, output)
   finally:
     if os.path.exists(tmp):
@@ -178,15 +279,17 @@ def _flat_to_state_dict(flat: dict, cfg: DualTalkConfig, weight_norm: str) -> di
   return sd
 
 
-def torch_to_checkpoint(input_path: str, output_dir: str, cfg: DualTalkConfig, *, overwrite: bool = False) -> str:
-  """Converts a released-layout torch file into an orbax checkpoint directory."""
+def torch_to_checkpoint(input_path: str, output_dir: str, cfg: DualTalkConfig | None = None, *,
+                        overwrite: bool = False, default: str = "large") -> str:
+  """Converts a released-layout torch file into an orbax checkpoint directory.
+
+  The model config is the one the file recorded, else `cfg`, else `default` (see
+  `torch_file_config`).
+  """
   if os.path.exists(output_dir) and not overwrite:
     raise FileExistsError(f"{output_dir}: already exists (pass --overwrite to replace it)")
-  sd, mapped = _read_torch_file(input_path)
-  params = state_dict_to_params(sd, cfg, source=os.fspath(input_path),
-                                release=_drop_mapped_pages if mapped else None)
-  del sd  # unmaps the torch file before the save makes its own buffers
-  gc.collect()
+  params, cfg = load_torch_params(input_path, cfg, default)
+  gc.collect()  # unmaps the torch file before the save makes its own buffers
   return checkpoint.save_params(output_dir, params, cfg, overwrite=overwrite)
 
 
@@ -202,5 +305,5 @@ def checkpoint_to_torch(input_path: str, output: str, *, weight_norm: str = "new
   flat = {table.path_str(p): v for p, v in checkpoint.flatten_tree(params).items()}
   del params  # `flat` is now the only reference: converting it frees each input as it goes
   sd = _flat_to_state_dict(flat, stored_cfg, weight_norm)
-  write_torch_file(sd, output, overwrite=overwrite)
+  write_torch_file(sd, output, overwrite=overwrite, cfg=stored_cfg)
   return output

@@ -297,10 +297,10 @@ def build(output_dir: str, plan, done: Mapping[str, dict], source: str, window_f
     hidden = weights.config.hidden_size
     bar = None
     if progress:
-      from tqdm import tqdm
+      from dualtalk_jax.progress import Progress
 
       total = sum(records.window_count(c["frames"], c["audio_samples"], w) for *_, side in todo for c in side["clips"])
-      bar = tqdm(total=2 * total, desc="wav2vec2 cache", unit="window")
+      bar = Progress(2 * total, "wav2vec2 cache", unit="window")
     try:
       for fname, ffile, sfp, side in todo:
         path = os.path.join(output_dir, ffile)

@@ -106,7 +106,7 @@ def _stats(x: np.ndarray) -> dict[str, float]:
 
 
 def process_clip(input_dir: str, clip: str, files: dict[str, str], *, window_frames: int = 200,
-                 max_frame_mismatch: int = 1) -> ClipResult:
+                 max_frame_mismatch: int = audio_lib.MAX_FRAME_MISMATCH, channel: int | None = None) -> ClipResult:
   """Validates and encodes one clip. Never raises for bad data: returns a `Problem`."""
 
   def fail(code, reason):
@@ -124,7 +124,7 @@ def process_clip(input_dir: str, clip: str, files: dict[str, str], *, window_fra
   for spk in (1, 2):
     path = os.path.join(input_dir, files[f"wav{spk}"])
     try:
-      a = audio_lib.read_audio(path)
+      a = audio_lib.read_audio(path, channel=channel)
     except audio_lib.AudioError as e:
       return fail(_AUDIO_KIND_TO_CODE.get(e.kind, "unreadable_audio"), str(e))
     if a.resampled:
@@ -151,16 +151,12 @@ def process_clip(input_dir: str, clip: str, files: dict[str, str], *, window_fra
       return fail(_MOTION_KIND_TO_CODE.get(e.kind, "bad_motion"), f"{path}: {e}")
 
   audio_frames = [audio_lib.num_frames(a.size) for a in audios]
-  for i in range(2):
-    if abs(audio_frames[i] - motions[i].shape[0]) > max_frame_mismatch:
-      return fail("length_mismatch",
-                  f"{files[f'wav{i + 1}']} gives {audio_frames[i]} frames ({audios[i].size} "
-                  f"samples) but {files[f'npz{i + 1}']} has {motions[i].shape[0]} frames "
-                  f"(tolerance {max_frame_mismatch})")
-  if abs(motions[0].shape[0] - motions[1].shape[0]) > max_frame_mismatch:
-    return fail("length_mismatch",
-                f"{files['npz1']} has {motions[0].shape[0]} frames but {files['npz2']} has "
-                f"{motions[1].shape[0]} (tolerance {max_frame_mismatch})")
+  pairs = [((f"{files[f'wav{i + 1}']} ({audios[i].size} samples)", audio_frames[i]),
+            (files[f"npz{i + 1}"], motions[i].shape[0])) for i in range(2)]
+  pairs.append(((files["npz1"], motions[0].shape[0]), (files["npz2"], motions[1].shape[0])))
+  for a, b in pairs:
+    if problem := audio_lib.frame_mismatch(a, b, max_frame_mismatch):
+      return fail("length_mismatch", problem)
   t = min(motions[0].shape[0], motions[1].shape[0], *audio_frames)
   if t < 1:
     return fail("length_mismatch", f"{clip}: no frame common to both speakers")
@@ -245,16 +241,21 @@ def _summary(values):
 
 
 def preprocess(input_dir: str, output_dir: str, *, num_shards: int = 0, workers: int = 1,
-               strict: bool = False, window_frames: int = 200, max_frame_mismatch: int = 1,
-               progress: bool = False, cache_wav2vec2: str | None = None,
-               cache_batch_size: int = 8) -> dict[str, Any]:
+               strict: bool = False, window_frames: int = 200,
+               max_frame_mismatch: int = audio_lib.MAX_FRAME_MISMATCH, progress: bool = False,
+               cache_wav2vec2: str | None = None, cache_batch_size: int = 8,
+               channel: int | None = None) -> dict[str, Any]:
   """Builds (or brings up to date) `output_dir` from `input_dir`; returns the manifest.
 
   `num_shards=0` picks about 64 clips per shard. `workers>1` loads clips in that many
   processes while this one writes. See the module docstring for validation rules.
   `cache_wav2vec2`: also build the wav2vec2 feature cache with these weights (a
   dualtalk-jax checkpoint / training workdir, or a local HF wav2vec2 directory), running
-  the encoders on `cache_batch_size` windows per call (see feature_cache.py).
+  the encoders on `cache_batch_size` windows per call (see feature_cache.py). `channel`
+  picks that channel of multichannel audio (else such files are rejected).
+
+  A folder with no usable clip raises `PreprocessError` with every clip's reason and
+  leaves nothing behind (no shards, no sidecars, no manifest).
   """
   from array_record.python.array_record_module import ArrayRecordWriter
 
@@ -270,6 +271,7 @@ def preprocess(input_dir: str, output_dir: str, *, num_shards: int = 0, workers:
     raise PreprocessError(f"{input_dir}: no `<clip>_speaker{{1,2}}.{{wav,npz}}` files found")
   if strict and unrecognized:
     raise PreprocessError(f"{input_dir}: files that belong to no clip: {unrecognized}")
+  created = not os.path.exists(output_dir)
   os.makedirs(output_dir, exist_ok=True)
   for name in os.listdir(output_dir):  # Leftovers of an interrupted run.
     if name.startswith(".tmp-"):
@@ -279,6 +281,8 @@ def preprocess(input_dir: str, output_dir: str, *, num_shards: int = 0, workers:
   num_shards = min(num_shards, len(names))
   options = {"window_frames": window_frames, "max_frame_mismatch": max_frame_mismatch,
              "num_shards": num_shards}
+  if channel is not None:  # (absent otherwise, so existing shards keep their fingerprints)
+    options["channel"] = channel
   plan = []
   for i, chunk in enumerate(np.array_split(np.arange(len(names)), num_shards)):
     clips = [names[j] for j in chunk]
@@ -296,7 +300,7 @@ def preprocess(input_dir: str, output_dir: str, *, num_shards: int = 0, workers:
       if side is not None and side["skipped"]:
         s = side["skipped"][0]
         raise PreprocessError(f"[{s['code']}] {s['reason']}")
-  kw = {"window_frames": window_frames, "max_frame_mismatch": max_frame_mismatch}
+  kw = {"window_frames": window_frames, "max_frame_mismatch": max_frame_mismatch, "channel": channel}
   tasks = [(input_dir, c, files[c], kw) for _, clips, _ in todo for c in clips]
   pool = None
   if workers > 1 and len(tasks) > 1:
@@ -307,8 +311,8 @@ def preprocess(input_dir: str, output_dir: str, *, num_shards: int = 0, workers:
     results = map(_process_task, tasks)
   bar = None
   if progress:
-    from tqdm import tqdm
-    bar = tqdm(total=len(tasks), desc="preprocess", unit="clip")
+    from dualtalk_jax.progress import Progress
+    bar = Progress(len(tasks), "preprocess", unit="clip")
   try:
     for fname, clips, fp in todo:
       done[fname] = _write_shard(output_dir, fname, clips, fp, results, strict, bar,
@@ -319,6 +323,16 @@ def preprocess(input_dir: str, output_dir: str, *, num_shards: int = 0, workers:
     if pool is not None:
       pool.terminate()
       pool.join()
+  if not any(side["num_records"] for side in done.values()):
+    reasons = [s["reason"] for side in done.values() for s in side["skipped"]]
+    for fname, _, _ in plan:
+      side_path = os.path.join(output_dir, fname + ".json")
+      if os.path.exists(side_path):
+        os.remove(side_path)
+    if created and not os.listdir(output_dir):
+      os.rmdir(output_dir)
+    shown = "; ".join(reasons[:5]) + (f"; and {len(reasons) - 5} more" if len(reasons) > 5 else "")
+    raise PreprocessError(f"{input_dir}: no usable clip, nothing written: {shown}")
   if cache_wav2vec2:
     cache = feature_cache.build(output_dir, plan, done, cache_wav2vec2, window_frames,
                                 batch_size=cache_batch_size, progress=progress)

@@ -226,13 +226,13 @@ def synthesize(output_dir: str, num_clips: int, seed: int = 0, *, min_seconds: f
   os.makedirs(output_dir, exist_ok=True)
   identities = make_identities(seed, num_identities)
   names = []
-  it = range(first_index, first_index + num_clips)
-  if progress:
-    from tqdm import tqdm
-    it = tqdm(it, desc="synthesize", unit="clip")
-  for i in it:
-    clip = make_clip(seed, i, min_seconds=min_seconds, max_seconds=max_seconds,
-                     identities=identities)
-    write_clip(output_dir, clip_name(i), clip)
-    names.append(clip_name(i))
+  from dualtalk_jax.progress import Progress
+
+  with Progress(num_clips, "synthesize", unit="clip", enabled=progress) as bar:
+    for i in range(first_index, first_index + num_clips):
+      clip = make_clip(seed, i, min_seconds=min_seconds, max_seconds=max_seconds,
+                       identities=identities)
+      write_clip(output_dir, clip_name(i), clip)
+      names.append(clip_name(i))
+      bar.update()
   return names

@@ -72,7 +72,7 @@ def save_npy(path: str, array: np.ndarray) -> None:
 
 
 def predict_split(model, data_dir: str, pred_dir: str, *, batch_size: int = 8, bucket_seconds: float = 2.0,
-                  chunk_clips: int = 64, progress: bool = False) -> list[str]:
+                  chunk_clips: int = 64, progress: bool = False, channel: int | None = None) -> list[str]:
   """Predicts every clip of `data_dir` in both directions into `pred_dir`; returns the paths.
 
   Each direction needs the target's wav and the partner's wav and npz; a missing one is
@@ -82,20 +82,21 @@ def predict_split(model, data_dir: str, pred_dir: str, *, batch_size: int = 8, b
   jobs = [(c, k) for c in clips for k in (1, 2)]
   _require([_path(data_dir, c, s, e) for c in clips for s in (1, 2) for e in ("wav",)] +
            [_path(data_dir, c, s, "npz") for c in clips for s in (1, 2)], "needed to predict both speakers")
+  from dualtalk_jax.progress import Progress
+
   os.makedirs(pred_dir, exist_ok=True)
   written = []
-  chunks = range(0, len(jobs), chunk_clips)
-  if progress:
-    from tqdm import tqdm
-    chunks = tqdm(chunks, desc="predict", unit="chunk")
-  for i in chunks:
+  bar = Progress(len(jobs), "predict", unit="prediction", enabled=progress)
+  for i in range(0, len(jobs), chunk_clips):
     part = jobs[i:i + chunk_clips]
     inputs = [load_inputs(_path(data_dir, c, k, "wav"), _path(data_dir, c, 3 - k, "wav"),
-                          _path(data_dir, c, 3 - k, "npz"), name=pred_name(c, k)) for c, k in part]
+                          _path(data_dir, c, 3 - k, "npz"), name=pred_name(c, k), channel=channel) for c, k in part]
     for clip, pred in zip(inputs, predict_clips(model, inputs, batch_size=batch_size, bucket_seconds=bucket_seconds)):
       path = os.path.join(pred_dir, clip.name)
       save_npy(path, pred.astype(np.float32))
       written.append(path)
+    bar.update(len(part))
+  bar.close()
   return written
 
 
@@ -123,51 +124,98 @@ def prediction_files(pred_dir: str) -> list[str]:
   return files
 
 
-def score_predictions(pred_dir: str, data_dir: str, *, seed: int = 0, files: list[str] | None = None) -> dict[str, Any]:
+def score_predictions(pred_dir: str, data_dir: str, *, seed: int = 0, files: list[str] | None = None,
+                      allow_partial: bool = False) -> dict[str, Any]:
   """Scores the predictions in `pred_dir` against `data_dir`.
 
+  Every direction of every clip in `data_dir` needs its prediction, and each prediction's
+  length must match its ground truth, and the ground truth the partner's, within
+  `audio.MAX_FRAME_MISMATCH` frames (the rule of preprocess and infer; within it all
+  three are cut to their common length, as the released code does). A missing, short or
+  long prediction, or one with no ground truth, is an `InputError` naming every such file;
+  with `allow_partial` those files are left out instead and listed in `skipped`. An
+  unreadable or malformed prediction is always an error.
+
   Returns {"mean": {released key: float}, "per_file": {key: (F,) array}, "files": [...],
-  "frames": (F,) frames scored per file}.
+  "frames": (F,) frames scored per file, "skipped": [{"file", "reason"}]}.
   """
   files = prediction_files(pred_dir) if files is None else files
-  preds, gts, others = [], [], []
+  expected = {pred_name(c, k) for c in list_clips(data_dir) for k in (1, 2)}
+  skipped = [{"file": f, "reason": f"{os.path.join(pred_dir, f)}: missing (no prediction for this clip direction)"}
+             for f in sorted(expected - set(files))]
+  preds, gts, others, kept = [], [], [], []
   for f in files:
     m = _FILE_RE.match(f)
     clip, k = m["clip"], int(m["spk"])
     gt_path, other_path = _path(data_dir, clip, k, "npz"), _path(data_dir, clip, 3 - k, "npz")
-    _require([gt_path], f"ground truth for {f}")
-    _require([other_path], f"partner motion for {f}")
-    preds.append(load_prediction(os.path.join(pred_dir, f)))
-    gts.append(load_motion(gt_path))
-    others.append(load_motion(other_path))
-    if min(len(preds[-1]), len(gts[-1]), len(others[-1])) < 2:
-      raise InputError(f"{gt_path}: fewer than 2 frames in common with {f} and the partner motion")
+    absent = [(p, what) for p, what in ((gt_path, "ground truth"), (other_path, "partner motion")) if not os.path.exists(p)]
+    if absent:
+      skipped.append({"file": f, "reason": f"{absent[0][0]}: missing ({absent[0][1]} for {f})"})
+      continue
+    pred = load_prediction(os.path.join(pred_dir, f))
+    gt, other = load_motion(gt_path), load_motion(other_path)
+    problem = (audio.frame_mismatch((os.path.join(pred_dir, f), len(pred)), (gt_path, len(gt))) or
+               audio.frame_mismatch((gt_path, len(gt)), (other_path, len(other))))
+    if problem is None and min(len(pred), len(gt), len(other)) < 2:
+      problem = f"{gt_path}: fewer than 2 frames in common with {f} and the partner motion"
+    if problem:
+      skipped.append({"file": f, "reason": problem})
+      continue
+    preds.append(pred)
+    gts.append(gt)
+    others.append(other)
+    kept.append(f)
+  if skipped and not allow_partial:
+    shown = "; ".join(s["reason"] for s in skipped[:10])
+    more = f"; and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+    raise InputError(f"{len(skipped)} of {len(expected | set(files))} predictions cannot be scored: {shown}{more} "
+                     "(--allow_partial scores the rest and lists these under 'skipped')")
+  if not kept:
+    raise InputError(f"{pred_dir}: no prediction can be scored against {data_dir}")
   res = metrics.evaluate_files(preds, gts, others, seed=seed)
-  res["files"] = [os.path.splitext(f)[0] for f in files]
+  res["files"] = [os.path.splitext(f)[0] for f in kept]
   res["frames"] = np.array([min(len(p), len(g), len(o)) for p, g, o in zip(preds, gts, others)])
+  res["skipped"] = skipped
   return res
 
 
 def write_results(output: str, result: dict[str, Any]) -> tuple[str, str]:
-  """`output` (JSON: the released keys, means over files) and `<output stem>_per_file.csv`."""
+  """`output` (JSON: the released keys, means over files; `skipped` files if any) and
+  `<output stem>_per_file.csv`. The output folder is created if needed."""
   from dualtalk_jax.data.records import atomic_write, write_json
+  from dualtalk_jax.files import prepare_output
 
-  parent = os.path.dirname(os.path.abspath(output))
-  if not os.path.isdir(parent):
-    raise InputError(f"{parent}: output folder does not exist")
-  write_json(output, {k: result["mean"][k] for k in metrics.METRIC_KEYS})
+  output = prepare_output(output, "metrics output")
+  # The released keys, then any added ones (e.g. `lve`, `fdd` of dualtalk_jax.face.vertex_metrics).
+  keys = [*metrics.METRIC_KEYS, *(k for k in result["mean"] if k not in metrics.METRIC_KEYS)]
+  summary: dict[str, Any] = {k: result["mean"][k] for k in keys}
+  if result.get("skipped"):
+    summary["skipped"] = result["skipped"]
+  write_json(output, summary)
   csv_path = os.path.splitext(output)[0] + "_per_file.csv"
 
   def write(tmp):
     with open(tmp, "w", newline="") as f:
       w = csv.writer(f)
-      w.writerow(["file", "frames", *metrics.METRIC_KEYS])
+      w.writerow(["file", "frames", *keys])
       for i, name in enumerate(result["files"]):
-        values = (repr(float(result["per_file"][k][i])) for k in metrics.METRIC_KEYS)
+        values = (repr(float(result["per_file"][k][i])) for k in keys)
         w.writerow([name, int(result["frames"][i]), *values])
 
   atomic_write(csv_path, write)
   return output, csv_path
+
+
+def plot_prediction(path: str, pred_dir: str, data_dir: str, name: str) -> str:
+  """Plots one scored prediction (`<clip>_speakerK`) beside its true motion and the partner's."""
+  from dualtalk_jax.eval.plot import plot_conversation
+
+  m = _FILE_RE.match(name + ".npy")
+  clip, k = m["clip"], int(m["spk"])
+  return plot_conversation(
+      path, load_prediction(os.path.join(pred_dir, name + ".npy")), load_motion(_path(data_dir, clip, 3 - k, "npz")),
+      audio.load_audio(_path(data_dir, clip, k, "wav")), audio.load_audio(_path(data_dir, clip, 3 - k, "wav")),
+      truth=load_motion(_path(data_dir, clip, k, "npz")), title=f"{name} vs its true motion")
 
 
 def read_results(output: str) -> dict[str, float]:

@@ -2,9 +2,10 @@
 
 Rows: jaw opening (jaw rotation about x, `pose[:, 3]`), neck rotation (the three
 axis-angle components), and the leading expression coefficients, for the target
-(prediction) and the partner (given motion). Frames where a speaker's audio is active
-(`voice_activity`) are shaded in that speaker's colour, so
-speaking/listening behaviour can be read against who talks.
+(prediction), the target's true motion where it is known (held-out clips, evaluation), and
+the partner (given motion). Frames where a speaker's audio is active (`voice_activity`)
+are shaded in that speaker's colour, so speaking/listening behaviour can be read against
+who talks. Every axis has its own legend.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 from dualtalk_jax import audio
 
 COLORS = ("tab:red", "tab:blue")
+TRUTH_COLOR = "black"
 
 
 def voice_activity(samples: np.ndarray, frames: int) -> np.ndarray:
@@ -39,33 +41,40 @@ def _spans(mask):
 
 
 def plot_conversation(path: str, motion_self: np.ndarray, motion_other: np.ndarray, audio_self: np.ndarray,
-                      audio_other: np.ndarray, *, labels=("target (prediction)", "partner"), num_exp: int = 3,
-                      title: str = "") -> str:
-  """Writes a PNG (under a temporary name, then renamed) and returns its path."""
+                      audio_other: np.ndarray, *, truth: np.ndarray | None = None,
+                      labels=("target (prediction)", "partner"), num_exp: int = 3, title: str = "") -> str:
+  """Writes a PNG (under a temporary name, then renamed) and returns its path.
+
+  `truth`: the target's true motion, drawn in black beside the prediction when given.
+  """
   import matplotlib
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
   fps = audio.FPS
-  t = max(len(motion_self), len(motion_other))
+  t = max(len(motion_self), len(motion_other), 0 if truth is None else len(truth))
   vad = [voice_activity(a, t) for a in (audio_self, audio_other)]
+  lines = [(motion_self, labels[0], COLORS[0], 1.0), (motion_other, labels[1], COLORS[1], 1.0)]
+  if truth is not None:
+    lines.insert(1, (truth, "target (truth)", TRUTH_COLOR, 0.8))
   rows = [("jaw opening (rad)", lambda m: m[:, 50:51], ["jaw"])]
   rows.append(("neck rotation (rad)", lambda m: m[:, 53:56], ["x", "y", "z"]))
   rows += [(f"exp[{i}]", lambda m, i=i: m[:, i:i + 1], [f"exp{i}"]) for i in range(num_exp)]
   fig, axes = plt.subplots(len(rows), 1, figsize=(12, 1.8 * len(rows) + 0.6), sharex=True)
   styles = ("-", "--", ":")
   for ax, (name, get, comps) in zip(axes, rows):
-    for s, (m, label) in enumerate(zip((motion_self, motion_other), labels)):
+    for s in range(2):
       for (a, b) in _spans(vad[s]):
         ax.axvspan(a / fps, b / fps, color=COLORS[s], alpha=0.08, lw=0)
+    for m, label, color, alpha in lines:
       y = get(np.asarray(m))
       for j in range(y.shape[1]):
-        ax.plot(np.arange(len(y)) / fps, y[:, j], color=COLORS[s], ls=styles[j % 3], lw=1,
+        ax.plot(np.arange(len(y)) / fps, y[:, j], color=color, ls=styles[j % 3], lw=1, alpha=alpha,
                 label=f"{label}" + (f" {comps[j]}" if len(comps) > 1 else ""))
     ax.set_ylabel(name, fontsize=8)
     ax.tick_params(labelsize=8)
-  axes[0].legend(fontsize=7, ncol=2, loc="upper right")
+    ax.legend(fontsize=6, ncol=len(lines), loc="upper right")
   axes[-1].set_xlabel("time (s); shading: voice activity (red target, blue partner)", fontsize=8)
   if title:
     fig.suptitle(title, fontsize=9)

@@ -34,6 +34,8 @@ from typing import Sequence
 import numpy as np
 
 from dualtalk_jax import audio, hostmem
+from dualtalk_jax.files import InputError
+from dualtalk_jax.progress import Progress
 
 HOP = audio.SAMPLES_PER_FRAME
 
@@ -53,23 +55,38 @@ class Clip:
     return audio.num_frames(len(self.audio_self))
 
 
-class InputError(ValueError):
-  """An input file that cannot be used; the message names the file and the problem."""
+def check_checkpoint_path(path: str) -> str:
+  """Fails fast, before any import of the model, on a checkpoint path that cannot be one."""
+  from dualtalk_jax import checkpoint
+  from dualtalk_jax.convert import pytorch
+
+  path = os.fspath(path)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path}: no such checkpoint (an orbax checkpoint directory, a workdir or a .pth file)")
+  if not pytorch.is_torch_file(path):
+    checkpoint.resolve(path)
+  elif os.path.isdir(path):
+    raise FileNotFoundError(f"{path}: is a directory, not a torch file")
+  return path
 
 
-def load_model(checkpoint_path: str, *, config: str = "large", wav2vec2_config: str | None = None):
-  """`DualTalk` in eval mode from an orbax checkpoint dir / workdir, or a torch file + config name."""
+def load_model(checkpoint_path: str, *, config: str = "large", wav2vec2_config: str | None = None,
+               config_given: bool = False):
+  """`DualTalk` in eval mode from an orbax checkpoint dir / workdir, or a torch file.
+
+  A torch file's model config is the one it recorded (exports do), else `config`
+  (+ `wav2vec2_config`); `config_given` says the user named it, so it must agree with a
+  recorded one.
+  """
   from dualtalk_jax import checkpoint
   from dualtalk_jax.config import get_model_config
   from dualtalk_jax.convert import pytorch
   from dualtalk_jax.models.dualtalk import DualTalk, make_rngs
 
-  path = os.fspath(checkpoint_path)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path}: no such checkpoint (an orbax checkpoint directory, a workdir or a .pth file)")
+  path = check_checkpoint_path(checkpoint_path)
   if pytorch.is_torch_file(path):
-    cfg = get_model_config(config, wav2vec2_config)
-    params = pytorch.state_dict_to_params(pytorch.read_torch_file(path), cfg, source=path)
+    asked = get_model_config(config, wav2vec2_config) if (config_given or wav2vec2_config) else None
+    params, cfg = pytorch.load_torch_params(path, asked, default=config)
   else:
     params, cfg, _ = checkpoint.restore_params(path)
   model = DualTalk(cfg, rngs=make_rngs(0))
@@ -78,20 +95,59 @@ def load_model(checkpoint_path: str, *, config: str = "large", wav2vec2_config: 
   return model
 
 
-def load_inputs(audio_self: str, audio_other: str, motion_other: str, name: str = "") -> Clip:
-  """Reads and checks one prediction's three files (errors name the file)."""
-  a = _load_track(audio_self)
-  b = _load_track(audio_other)
+def load_inputs(audio_self: str, audio_other: str, motion_other: str, name: str = "", *,
+                channel: int | None = None, normalize: bool = True) -> Clip:
+  """Reads and checks one prediction's three files (errors name the file).
+
+  Lengths follow preprocess's rule (`audio.frame_mismatch`): the partner's audio and
+  motion agree within `audio.MAX_FRAME_MISMATCH` frames, and the target's audio is within
+  twice that of the partner's motion (preprocess holds each track to its own motion and
+  the two motions to each other). `channel` picks one channel of multichannel audio.
+  `normalize=False` keeps the audio as read (streaming normalises as it goes).
+  """
+  load = _load_track if normalize else load_raw_track
+  a = load(audio_self, channel)
+  b = load(audio_other, channel)
   m = load_motion(motion_other)
+  checks = ((f"{audio_other} (partner audio)", audio.num_frames(len(b))), (f"{motion_other} (partner motion)", len(m)),
+            audio.MAX_FRAME_MISMATCH), \
+           ((f"{audio_self} (target audio)", audio.num_frames(len(a))), (f"{motion_other} (partner motion)", len(m)),
+            2 * audio.MAX_FRAME_MISMATCH)
+  for x, y, tol in checks:
+    if problem := audio.frame_mismatch(x, y, tol):
+      raise InputError(f"length mismatch: {problem}; the files of one conversation must cover the same time")
   return Clip(a, b, m, name or os.path.basename(audio_self))
 
 
-def _load_track(path: str) -> np.ndarray:
-  x = audio.load_audio(path)
+def _load_track(path: str, channel: int | None = None) -> np.ndarray:
+  return audio.normalize(load_raw_track(path, channel))
+
+
+def load_raw_track(path: str, channel: int | None = None) -> np.ndarray:
+  """16 kHz mono samples of one file, not normalised (streaming normalises as it goes);
+  errors name the file."""
+  x = audio.load_audio(path, channel=channel)
   if len(x) < HOP:
     raise audio.AudioError(f"{path}: audio is {len(x)} samples, shorter than one frame ({HOP} samples at 16 kHz)",
                            "empty")
-  return audio.normalize(x)
+  return x
+
+
+def save_prediction(path: str, pred: np.ndarray) -> str:
+  """Writes a (T, 56) prediction to `path` (.npy) and FLAME `exp`/`pose` to the .npz beside it
+  (for renderers), each under a temporary name then renamed; returns the .npz path."""
+  from dualtalk_jax.data.records import atomic_write
+  from dualtalk_jax.eval.evaluate import save_npy
+
+  save_npy(path, pred)
+  npz = os.path.splitext(path)[0] + ".npz"
+
+  def write_npz(tmp):
+    with open(tmp, "wb") as f:
+      np.savez(f, **audio.flame_from_motion(pred))
+
+  atomic_write(npz, write_npz)
+  return npz
 
 
 def load_motion(path: str) -> np.ndarray:
@@ -167,16 +223,15 @@ def predict_clips(model, clips: Sequence[Clip], *, batch_size: int = 8, bucket_s
       groups[-1].append(i)
     else:
       groups.append([i])
-  it = groups
-  if progress:
-    from tqdm import tqdm
-    it = tqdm(groups, desc="predict", unit="batch")
+  bar = Progress(len(clips), "predict", unit="clip", enabled=progress)
   out: list[np.ndarray | None] = [None] * len(clips)
-  for g in it:
+  for g in groups:
     for i, p in zip(g, predict_padded(model, [clips[i] for i in g], batch_size=batch_size,
                                       bucket_seconds=bucket_seconds)):
       out[i] = p
     hostmem.release_free_memory()
+    bar.update(len(g))
+  bar.close()
   return out  # type: ignore[return-value]
 
 
@@ -190,43 +245,61 @@ def window_starts(total: int, window: int, overlap: int) -> list[int]:
   return [int(round(k * (total - window) / (n - 1))) for k in range(n)]
 
 
-def crossfade_weights(starts: Sequence[int], window: int) -> np.ndarray:
-  """(K, window) weights: linear ramps across each overlap with a neighbour, so two
-  overlapping windows' weights sum to 1 frame by frame (normalised where more overlap)."""
-  w = np.ones((len(starts), window), np.float64)
-  f = np.arange(window) + 0.5
-  for k, s in enumerate(starts):
-    if k > 0:
-      r = starts[k - 1] + window - s
-      if r > 0:
-        w[k] = np.minimum(w[k], f / r)
-    if k + 1 < len(starts):
-      r = s + window - starts[k + 1]
-      if r > 0:
-        w[k] = np.minimum(w[k], (window - f) / r)
+def crossfade_ramp(length: int, fade_in: int, fade_out: int) -> np.ndarray:
+  """(length,) weights of one window: rising linearly across its first `fade_in` frames
+  (its overlap with the window before) and falling across its last `fade_out` (the overlap
+  with the next), 1 elsewhere; a rise and a fall over the same frames sum to 1."""
+  w = np.ones(length, np.float64)
+  f = np.arange(length) + 0.5
+  if fade_in > 0:
+    w = np.minimum(w, f / fade_in)
+  if fade_out > 0:
+    w = np.minimum(w, (length - f) / fade_out)
   return w
 
 
-def predict_windowed(model, clip: Clip, *, window_seconds: float = 20.0, overlap_seconds: float = 2.0,
+def crossfade_weights(starts: Sequence[int], window: int) -> np.ndarray:
+  """(K, window) weights: linear ramps across each overlap with a neighbour, so two
+  overlapping windows' weights sum to 1 frame by frame (normalised where more overlap)."""
+  n = len(starts)
+  return np.stack([
+      crossfade_ramp(window, starts[k - 1] + window - s if k > 0 else 0,
+                     s + window - starts[k + 1] if k + 1 < n else 0) for k, s in enumerate(starts)])
+
+
+def window_overlap(window_seconds: float, overlap_seconds: float | None = None) -> float:
+  """The overlap of windowed prediction: `overlap_seconds` checked against the window, or
+  by default min(2 s, window / 4), so a default always fits the window."""
+  if window_seconds < 0:
+    raise ValueError(f"window_seconds must be >= 0, got {window_seconds}")
+  if overlap_seconds is None:
+    return min(2.0, window_seconds / 4)
+  if window_seconds > 0 and not 0 <= overlap_seconds <= window_seconds / 2:
+    raise ValueError(f"overlap_seconds must be in [0, window_seconds / 2] = [0, {window_seconds / 2:g}], "
+                     f"got {overlap_seconds:g}")
+  return overlap_seconds
+
+
+def predict_windowed(model, clip: Clip, *, window_seconds: float = 20.0, overlap_seconds: float | None = None,
                      batch_size: int = 1, runner=None) -> np.ndarray:
   """(T, 56) prediction of one clip of any length, T = the whole-clip frame count.
 
   `window_seconds <= 0`, or a clip no longer than one window, is one pass over the whole
   clip (the released behaviour). Otherwise windows of `window_seconds` overlapping by at
-  least `overlap_seconds` (see module docstring), `batch_size` windows per call: one
+  least `overlap_seconds` (`window_overlap`: default min(2 s, window / 4); see module
+  docstring), `batch_size` windows per call: one
   compile, and memory bounded by the window size whatever the input length. `runner`
   (clips, num_frames) -> predictions replaces the model call (tests, other backends).
   """
   if runner is None:
     runner = lambda cs, nf: predict_padded(model, cs, batch_size=batch_size if nf else 1,
                                            bucket_seconds=window_seconds if nf else 2.0, num_frames=nf)
+  overlap_seconds = window_overlap(window_seconds, overlap_seconds)
   t = clip.num_frames
   w = int(round(window_seconds * audio.FPS))
   if window_seconds <= 0 or t <= w:
     return runner([clip], None)[0]
-  o = int(round(overlap_seconds * audio.FPS))
-  if not 0 <= o <= w // 2:
-    raise ValueError(f"overlap_seconds must be in [0, window_seconds / 2], got {overlap_seconds} for {window_seconds}")
+  o = min(int(round(overlap_seconds * audio.FPS)), w // 2)
   starts = window_starts(t, w, o)
   weights = crossfade_weights(starts, w)
   n = len(clip.motion_other)

@@ -29,7 +29,6 @@ have the fingerprint the cache was made with, else the run refuses to start
 from __future__ import annotations
 
 import json
-import logging as logging_std
 import os
 import signal
 import time
@@ -44,6 +43,7 @@ from absl import logging
 from dualtalk_jax import checkpoint, sharding
 from dualtalk_jax.aot import peak_flops
 from dualtalk_jax.config import DualTalkConfig
+from dualtalk_jax.progress import Progress
 from dualtalk_jax.train import builder, step as step_lib
 
 
@@ -79,29 +79,67 @@ def initial_params(config, model_def: step_lib.ModelDef) -> dict:
   return model_def.init_params(config.seed)
 
 
-def ensure_synthetic_data(config, workdir: str) -> None:
-  """Synthesizes and preprocesses train/val conversations into the workdir when missing.
+def synthetic_data_dir(workdir: str, split: str) -> str:
+  """Where synthetic conversations of a split are preprocessed to: always inside the workdir."""
+  return os.path.join(os.path.abspath(workdir), "data", split)
 
-  Idempotent: synthesis is skipped where the folder holds clips, and preprocessing
-  rebuilds nothing that is up to date. Process 0 writes; the others wait for it.
+
+def ensure_synthetic_data(config, workdir: str, log=logging.info) -> None:
+  """With `synthetic.enabled`, fills the data dirs the user left empty with synthetic conversations.
+
+  A data dir the user named is used as it is and never written. An empty one becomes
+  `<workdir>/data/<split>`: conversations are synthesized into `<workdir>/synthetic/<split>`
+  and preprocessed there. The raw training clips are then deleted (the shards hold the
+  same data; it halves the disk used), the held-out ones kept for `experiments.evaluate`.
+  Idempotent: a split whose preprocessed manifest exists is left alone. Process 0
+  writes; the others wait for it. `log` receives one line per stage, with its time.
   """
-  from dualtalk_jax.data import preprocess, synthetic
+  from dualtalk_jax.data import preprocess, records, synthetic
 
   syn = config.synthetic
   # Held-out clips are new conversations of the same speakers (like the dataset's test split).
-  splits = (("train", syn.num_train_clips, 0, config.data.train_dir),
-            ("val", syn.num_val_clips, syn.num_train_clips, config.data.val_dir))
+  splits = [("train", syn.num_train_clips, 0), ("val", syn.num_val_clips, syn.num_train_clips)]
+  todo = []
+  with config.unlocked():
+    for name, num, first in splits:
+      key = f"{name}_dir"
+      if not config.data[key]:
+        config.data[key] = synthetic_data_dir(workdir, name)
+        todo.append((name, num, first, config.data[key]))
   if jax.process_index() == 0:
-    for name, num, first, out_dir in splits:
-      raw = os.path.join(workdir, "synthetic", name)
-      if not (os.path.isdir(raw) and any(f.endswith(".npz") for f in os.listdir(raw))):
-        synthetic.synthesize(raw, num, syn.seed, first_index=first, min_seconds=syn.min_seconds,
-                             max_seconds=syn.max_seconds)
+    for name, num, first, out_dir in todo:
+      if os.path.exists(os.path.join(out_dir, records.MANIFEST)):
+        continue
+      raw = os.path.join(os.path.abspath(workdir), "synthetic", name)
+      t = time.time()
+      mb = num * (syn.min_seconds + syn.max_seconds) / 2 * 2 * 16000 * 4 / 1e6
+      log(f"synthesizing {num} {name} conversations into {raw} (about {mb:.0f} MB)")
+      synthetic.synthesize(raw, num, syn.seed, first_index=first, min_seconds=syn.min_seconds,
+                           max_seconds=syn.max_seconds)
+      log(f"synthesized {name} in {time.time() - t:.1f} s")
+      t = time.time()
+      log(f"preprocessing {raw} -> {out_dir}")
       preprocess.preprocess(raw, out_dir, window_frames=config.data.window_frames)
+      log(f"preprocessed {name} in {time.time() - t:.1f} s")
+      if name == "train":
+        import shutil
+
+        shutil.rmtree(raw)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
 
     multihost_utils.sync_global_devices("synthetic data ready")
+
+
+def check_data_dirs(config) -> None:
+  """Fails before anything is written when a data dir is not a complete preprocessed split."""
+  from dualtalk_jax.data import records
+
+  if not config.data.train_dir:
+    raise ValueError("config.data.train_dir is empty: point it at a folder made by experiments.preprocess")
+  for key in ("train_dir", "val_dir"):
+    if config.data[key]:
+      records.load_manifest(config.data[key])
 
 
 class ShardedIterator:
@@ -168,16 +206,6 @@ def write_config(config, workdir: str) -> None:
   with open(tmp, "w") as f:
     f.write(config.to_json_best_effort(indent=2))
   os.replace(tmp, path)
-
-
-class _DropOrbaxInfo(logging_std.Filter):
-  def filter(self, record):
-    return record.levelno >= logging_std.WARNING or "/orbax/" not in record.pathname
-
-
-def quiet_orbax() -> None:
-  """Keeps orbax's per-save INFO lines out of the training log (warnings still show)."""
-  logging.get_absl_handler().addFilter(_DropOrbaxInfo())
 
 
 class Preemption:
@@ -259,13 +287,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   jax.config.update("jax_threefry_partitionable", True)
   workdir = os.path.abspath(workdir)
   with _host_reads():
-    if config.get("synthetic") and config.synthetic.get("enabled", False):
-      with config.unlocked():
-        config.data.train_dir = config.data.train_dir or os.path.join(workdir, "data", "train")
-        config.data.val_dir = config.data.val_dir or os.path.join(workdir, "data", "val")
+    if config.synthetic.enabled:
       ensure_synthetic_data(config, workdir)
-    if not config.data.train_dir:
-      raise ValueError("config.data.train_dir is empty: point it at a folder made by experiments.preprocess")
+    check_data_dirs(config)
     write_config(config, workdir)
 
     program = builder.build(config)
@@ -288,10 +312,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       start_step = int(jax.device_get(state["step"]))
       writer = _summary_writer(workdir)
       preemption = Preemption()
-      if jax.process_index() == 0 and config.get("progress_bar", True):
-        from tqdm import tqdm
-
-        progress = tqdm(total=config.total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+      progress = Progress(config.total_steps, "train", unit="step", initial=start_step,
+                          enabled=jax.process_index() == 0 and config.progress_bar)
       first_bad = jax.jit(lambda: jnp.zeros((), jnp.int32), out_shardings=sharding.replicated(program.mesh))()
       frames_per_step = config.batch_size * config.data.window_frames
       flops_per_step, peak = 0.0, peak_flops(jax.devices()[0])
@@ -299,10 +321,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       batch = None
       if start_step < config.total_steps:  # compile once, ahead of time, and keep its cost analysis
         batch = program.shard_batch(next(data_iter))
+        logging.info("compiling the train step")
+        t_compile = time.time()
         train_step = program.train_step.lower(state, batch).compile()
         cost = train_step.cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         flops_per_step = float(cost.get("flops", 0.0)) if cost else 0.0
+        logging.info("compiled the train step in %.1f s; training steps %d to %d", time.time() - t_compile,
+                     start_step + 1, config.total_steps)
     validating = bool(config.eval_every and config.data.get("val_dir"))
     t0, last_log_step = time.time(), start_step
     checked = start_step  # the last step whose loss (and all before it) is known to be finite

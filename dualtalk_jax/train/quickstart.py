@@ -7,12 +7,15 @@ windows of the training length, and in one whole-clip pass) and scores it agains
 mean-pose baseline (the per-dimension mean of the training motion,
 the best constant prediction), then writes predictions, a plot and the checkpoint
 exported to PyTorch. Everything lands in the workdir; re-running resumes or reuses.
+Each stage (synthesizing, preprocessing, compiling and training, scoring, exporting)
+prints one line when it starts and one with its time when it ends.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
+import time
 from typing import Any
 
 import jax
@@ -76,18 +79,43 @@ def evaluate_against_baseline(config, out: dict[str, Any], pred_dir: str) -> dic
   return {k: v / max(counts[k.rsplit("_", 1)[1]], 1) for k, v in sums.items()}
 
 
-def run(workdir: str, **overrides) -> dict[str, Any]:
-  """Runs the whole quickstart in `workdir`; returns paths and the model/baseline MSEs."""
+def say(line: str) -> None:
+  print(f"[quickstart] {line}", flush=True)
+
+
+@contextlib.contextmanager
+def stage(name: str, detail: str = ""):
+  """One line when a stage starts, one with its time when it ends."""
+  say(f"{name}{': ' + detail if detail else ''} ...")
+  t = time.time()
+  yield
+  say(f"{name} done in {time.time() - t:.1f} s")
+
+
+def run(workdir: str, flame_model=None, **overrides) -> dict[str, Any]:
+  """Runs the whole quickstart in `workdir`; returns paths and the model/baseline MSEs.
+
+  With `flame_model` (a FLAME generic_model.pkl path, or a loaded `face.flame.FlameModel`)
+  it also renders the first held-out clip to `<workdir>/prediction.mp4` (face.render).
+  """
+  if isinstance(flame_model, str):  # fail before training on a missing or unreadable model
+    from dualtalk_jax.face import flame
+    flame_model = flame.load_model(flame_model)
   from dualtalk_jax.convert import pytorch
 
   config = loop.apply_overrides(quickstart_config.get_config(), overrides)
   workdir = os.path.abspath(workdir)
-  out = loop.train_and_evaluate(config, workdir)
+  if config.synthetic.enabled:
+    loop.ensure_synthetic_data(config, workdir, log=say)
+  with stage("compiling and training", f"{config.total_steps} steps of the tiny model (the compile takes a minute "
+                                        "on 2 CPU cores)"):
+    out = loop.train_and_evaluate(config, workdir)
   result: dict[str, Any] = {"workdir": workdir, "final_train_loss": out["metrics"].get("loss")}
   if jax.process_index() != 0:
     return result
   pred_dir = os.path.join(workdir, "predictions")
-  scores = evaluate_against_baseline(config, out, pred_dir)
+  with stage("scoring", f"held-out clips of {config.data.val_dir}, model vs mean pose"):
+    scores = evaluate_against_baseline(config, out, pred_dir)
   result["mse"] = scores
   result["eval_window_seconds"] = float(config.get("eval_window_seconds", 0.0))
   result["predictions"] = pred_dir
@@ -97,15 +125,41 @@ def run(workdir: str, **overrides) -> dict[str, Any]:
     export = os.path.join(workdir, "dualtalk_tiny.pth")
   except ImportError:
     export = os.path.join(workdir, "dualtalk_tiny.safetensors")
-  pytorch.checkpoint_to_torch(workdir, export, overwrite=True)
+  with stage("exporting", export):
+    pytorch.checkpoint_to_torch(workdir, export, overwrite=True)
   result["pytorch_checkpoint"] = export
   result["checkpoints"] = os.path.join(workdir, "checkpoints")
   plot = os.path.join(workdir, "prediction.png")
   if _plot_first_clip(config, pred_dir, plot):
     result["plot"] = plot
-  with open(os.path.join(workdir, "quickstart_results.json"), "w") as f:
-    json.dump(result, f, indent=2)
+  if flame_model is not None:
+    video = os.path.join(workdir, "prediction.mp4")
+    with stage("rendering", f"the first held-out clip to {video}"):
+      result["video"] = _render_first_clip(config, pred_dir, video, flame_model)
+  result["disk_mb"] = disk_usage(workdir) / 1e6
+  records.write_json(os.path.join(workdir, "quickstart_results.json"), result)
   return result
+
+
+def disk_usage(path: str) -> int:
+  """Bytes of all files under `path`."""
+  return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+
+
+def _first_clip(config, pred_dir: str):
+  manifest = records.load_manifest(config.data.val_dir)
+  clip = manifest["clips"][0]
+  rec = pipeline.ClipReader(config.data.val_dir, manifest)(clip["record_index"])
+  return clip, rec, np.load(os.path.join(pred_dir, f"{clip['name']}_speaker1.npy"))
+
+
+def _render_first_clip(config, pred_dir: str, path: str, flame_model) -> str:
+  """Renders the first held-out clip: speaker1's prediction beside speaker2, both voices."""
+  from dualtalk_jax.face import render
+
+  _, rec, pred = _first_clip(config, pred_dir)
+  render.render_conversation(path, flame_model, pred, rec["audio_1"], rec["motion_2"], rec["audio_2"])
+  return path
 
 
 def _plot_first_clip(config, pred_dir: str, path: str) -> bool:
@@ -114,10 +168,7 @@ def _plot_first_clip(config, pred_dir: str, path: str) -> bool:
     from dualtalk_jax.eval.plot import plot_conversation
   except ImportError:  # matplotlib absent
     return False
-  manifest = records.load_manifest(config.data.val_dir)
-  clip = manifest["clips"][0]
-  rec = pipeline.ClipReader(config.data.val_dir, manifest)(clip["record_index"])
-  pred = np.load(os.path.join(pred_dir, f"{clip['name']}_speaker1.npy"))
-  plot_conversation(path, pred, rec["motion_2"], rec["audio_1"], rec["audio_2"],
-                    labels=("speaker1 (prediction)", "speaker2"), title=f"{clip['name']} (held out)")
+  clip, rec, pred = _first_clip(config, pred_dir)
+  plot_conversation(path, pred, rec["motion_2"], rec["audio_1"], rec["audio_2"], truth=rec["motion_1"],
+                    labels=("speaker1 (prediction)", "speaker2 (partner)"), title=f"{clip['name']} (held out)")
   return True
