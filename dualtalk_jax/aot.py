@@ -4,7 +4,7 @@ With `libtpu` installed (`requirements-tpu.txt`), JAX describes a TPU slice it c
 see (`jax.experimental.topologies.get_topology_desc`) and compiles for it on a CPU-only
 host. Here the mesh is `sharding.make_mesh` over those devices, the state and batch are
 `jax.ShapeDtypeStruct`s carrying the shardings training uses, and the steps are
-`step.make_train_step` / `step.make_eval_step`, the ones `experiments.train` runs; nothing
+those of `train.builder.build`, the ones `experiments.train` runs and validates with; nothing
 is allocated. XLA's memory analysis of the compiled step gives bytes per chip
 (arguments, outputs, temporaries) and its cost analysis the FLOPs per chip and step.
 
@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from dualtalk_jax import sharding
-from dualtalk_jax.train import step as step_lib
+from dualtalk_jax.train import builder, step as step_lib
 
 GiB = 1024**3
 
@@ -171,29 +171,15 @@ class Result:
 
 
 def build(config: ml_collections.ConfigDict, devices) -> tuple[Any, ...]:
-  """Mesh, model, optimizer, train/eval steps and abstract arguments, as `loop.train_and_evaluate` builds them."""
-  from dualtalk_jax.train import loop
-
-  cfg = loop.model_config(config)
-  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, devices)
-  if config.batch_size % config.grad_accum or (config.batch_size // config.grad_accum) % mesh.size:
-    raise ValueError(f"batch_size {config.batch_size} must split over grad_accum {config.grad_accum} and "
-                     f"{mesh.size} devices")
-  model_def = loop.make_model_def(config, cfg)
-  tx = step_lib.make_optimizer(loop.optim_config(config), model_def.abstract_params)
-  abstract_state = jax.eval_shape(lambda p: {"step": jnp.zeros((), jnp.int32), "params": p, "opt_state": tx.init(p)},
-                                  model_def.abstract_params)
-  shardings = step_lib.state_shardings(abstract_state, mesh)
-  state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings)
-  cached = loop.uses_feature_cache(config)
-  train_step = step_lib.make_train_step(model_def, tx, seed=config.seed, grad_accum=config.grad_accum, mesh=mesh,
-                                        state_shardings=shardings, feature_cache=cached)
-  eval_step = step_lib.make_eval_step(model_def, mesh=mesh, param_shardings=shardings["params"])
-  batch = abstract_batch(mesh, config.batch_size, config.data.window_frames,
-                         cfg.wav2vec2.hidden_size if cached else None)
+  """Mesh, train/eval steps and abstract arguments: `builder.build`'s program, the one training runs."""
+  program = builder.build(config, devices)
+  state = program.abstract_state()
+  cached = program.feature_cache
+  batch = abstract_batch(program.mesh, config.batch_size, config.data.window_frames,
+                         program.model_config.wav2vec2.hidden_size if cached else None)
   # Prediction (validation, inference) always runs on audio.
-  eval_batch = abstract_batch(mesh, config.batch_size, config.data.window_frames) if cached else batch
-  return mesh, train_step, eval_step, state, batch, eval_batch
+  eval_batch = abstract_batch(program.mesh, config.batch_size, config.data.window_frames) if cached else batch
+  return program.mesh, program.train_step, program.eval_step, state, batch, eval_batch
 
 
 def compile_steps(config: ml_collections.ConfigDict, topology_name: str, *, efficiency: float = 0.5,

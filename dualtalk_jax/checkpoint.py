@@ -21,12 +21,14 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from flax import nnx
 
 from dualtalk_jax.config import DualTalkConfig
 
 MODEL_CONFIG = "model_config.json"
 WORKDIR_CHECKPOINTS = "checkpoints"
+DAMAGED = "damaged_checkpoints"  # beside `checkpoints`: steps that failed to restore
 
 
 def params_tree(flat: Mapping[tuple, Any]) -> dict:
@@ -167,6 +169,15 @@ def restore_params(path: str | os.PathLike, *, step: int | None = None, target: 
   return params, cfg, step
 
 
+def _any_process(flag: bool) -> bool:
+  """True on every process when `flag` is True on any."""
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils
+
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+
+
 class TrainCheckpointer:
   """Training checkpoints under `<workdir>/checkpoints`: the full state, resumable.
 
@@ -212,6 +223,50 @@ class TrainCheckpointer:
 
   def save_best(self, step: int, params: Mapping, val_loss: float) -> None:
     self.best.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)), metrics={"val_loss": float(val_loss)}, force=True)
+
+  def restore_latest(self, abstract_state: Mapping, data_iter) -> dict | None:
+    """The newest step that restores (None: the workdir holds no checkpoint).
+
+    A step that fails to restore, say a file truncated by a disk fault after the save, is
+    named in a warning and the next newest is tried. Once an older step restores, the newer
+    unreadable ones are moved to `<workdir>/damaged_checkpoints/` (kept for inspection, out
+    of the way of the steps the run saves again). When no step restores, nothing is moved
+    and the error names every step's failure (an incompatible run, not a damaged disk).
+    Every host tries the same steps and they all fall back together.
+    """
+    failed: list[tuple[int, str]] = []
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        state, error = self.restore(step, abstract_state, data_iter), ""
+      except Exception as e:  # noqa: BLE001  (any read error: tensorstore, OCDBT, JSON, grain)
+        state, error = None, f"{type(e).__name__}: {str(e)[:500]}"
+      if not _any_process(bool(error)):
+        if failed:
+          self._set_aside([s for s, _ in failed])
+          logging.warning("%s: resumed from step %d, the newest complete checkpoint", self.root, step)
+        return state
+      error = error or "failed to restore on another process"
+      logging.warning("%s: checkpoint step %d is damaged or incomplete (%s); falling back to the one before",
+                      self.root, step, error)
+      failed.append((step, error))
+    if failed:
+      raise RuntimeError(f"{self.root}: no checkpoint step restores: " +
+                         "; ".join(f"step {s}: {e}" for s, e in failed))
+    return None
+
+  def _set_aside(self, steps: list[int]) -> None:
+    if jax.process_index() == 0:
+      dest = os.path.join(os.path.dirname(self.root), DAMAGED)
+      os.makedirs(dest, exist_ok=True)
+      for step in steps:
+        target = os.path.join(dest, f"{step}-{uuid.uuid4().hex[:8]}")
+        os.replace(os.path.join(self.root, str(step)), target)
+        logging.warning("moved the damaged checkpoint step %d to %s", step, target)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+
+      multihost_utils.sync_global_devices("damaged checkpoints set aside")
+    self.manager.reload()
 
   def restore(self, step: int, abstract_state: Mapping, data_iter) -> dict:
     """The state at `step` placed like `abstract_state`; `data_iter` is restored in place."""

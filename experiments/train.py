@@ -1,9 +1,10 @@
 r"""Trains DualTalk: `python -m experiments.train --config=experiments/configs/dualtalk.py:large --workdir=DIR`.
 
 Any config field can be overridden (`--config.batch_size=64`). A workdir that holds a
-checkpoint resumes from its latest. Multi-host: on TPU pods pass `--distributed` (JAX
-finds the other hosts); on GPU clusters also give `--coordinator_address`,
-`--num_processes` and `--process_id`.
+checkpoint resumes from its newest step that restores (a damaged one is set aside).
+Multi-host: on TPU pods pass `--distributed` (JAX finds the other hosts); on GPU clusters
+also give `--coordinator_address`, `--num_processes` and `--process_id`. SIGTERM (on any
+one host) saves a checkpoint (the same step on every host) and exits 0.
 
 A user error (a missing data dir, a bad config value, a non-finite loss) is one line on
 stderr and exit status 1. A run that fails before its first checkpoint leaves nothing

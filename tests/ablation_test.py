@@ -121,22 +121,22 @@ def test_mfcc_against_scipy_dct_and_padding():
 
 
 def test_run_options_that_mean_nothing_are_refused():
-  from dualtalk_jax.train import loop
+  from dualtalk_jax.train import builder
   from experiments.configs import quickstart
 
   c = quickstart.get_config()
   c.ablation = "mfcc"
   c.optim.freeze_wav2vec2 = True
-  cfg = loop.model_config(c)
+  cfg = builder.model_config(c)
   assert cfg.ablation == "mfcc"
   with pytest.raises(ValueError, match="mfcc.*optim.freeze_wav2vec2"):
-    loop.make_model_def(c, cfg)
+    builder.make_model_def(c, cfg)
   c.ablation, c.optim.freeze_wav2vec2, c.data.feature_cache = "no_partner_speech", False, True
   with pytest.raises(ValueError, match="no_partner_speech.*feature_cache"):
-    loop.make_model_def(c, loop.model_config(c))
+    builder.make_model_def(c, builder.model_config(c))
   c.ablation = "no_lstm"
   with pytest.raises(ValueError, match="unknown ablation"):
-    loop.model_config(c)
+    builder.model_config(c)
 
 
 def test_checkpoint_records_its_ablation_and_export_refuses_it(tmp_path):

@@ -13,7 +13,7 @@ from dualtalk_jax import checkpoint
 from dualtalk_jax.config import CONFIGS
 from dualtalk_jax.data import feature_cache, pipeline, preprocess, records, synthetic
 from dualtalk_jax.models.dualtalk import DualTalk, freeze_audio_encoders, make_rngs
-from dualtalk_jax.train import loop, step as step_lib
+from dualtalk_jax.train import builder, loop, step as step_lib
 from experiments.configs import quickstart
 
 W = 25
@@ -181,8 +181,8 @@ def test_cached_training_equals_frozen_audio_training(world, tmp_path):
 
   # Reference: 2 steps of the frozen wav2vec2 train step on the audio batches the loop read.
   model_def = step_lib.ModelDef(CFG, frozen_encoders=True)
-  assert loop.optim_config(config).freeze_wav2vec2
-  tx = step_lib.make_optimizer(loop.optim_config(config), model_def.abstract_params)
+  assert builder.optim_config(config).freeze_wav2vec2
+  tx = step_lib.make_optimizer(builder.optim_config(config), model_def.abstract_params)
   state, _ = step_lib.init_state(model_def, tx, p_a)
   train_step = step_lib.make_train_step(model_def, tx, seed=config.seed)
   it = iter(pipeline.make_train_dataset(world["cached"], window_frames=W, batch_size=config.batch_size, seed=config.seed,

@@ -1,5 +1,7 @@
-"""Training: configs load, 1 vs 8 devices, exact resume, restore on another mesh, NaN stop."""
+"""Training: configs load, no host reads between log steps, 1 vs 8 devices, exact resume (also from a
+damaged newest checkpoint), restore on another mesh, NaN stop, preemption and validation on 2 hosts."""
 
+import contextlib
 import importlib
 import pathlib
 
@@ -9,7 +11,7 @@ import pytest
 
 from dualtalk_jax import checkpoint
 from dualtalk_jax.data import preprocess, synthetic
-from dualtalk_jax.train import loop, step as step_lib
+from dualtalk_jax.train import builder, loop, step as step_lib
 from experiments.configs import quickstart
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "configs"
@@ -24,7 +26,7 @@ def test_every_config_file_loads():
     for arg in VARIANTS[name]:
       c = module.get_config(arg)
       assert c.seed >= 0 and c.total_steps > 0 and c.checkpoint_every > 0
-      assert loop.model_config(c) is not None
+      assert builder.model_config(c) is not None
       assert c.data.feature_cache is False and c.optim.freeze_wav2vec2 is False  # optional modes, off
       assert c.ablation == ""  # the released model; experiments.ablate sets the variants
 
@@ -75,10 +77,59 @@ def assert_params(a, b, exact, atol=3e-4):
       np.testing.assert_allclose(fa[k], fb[k], atol=tol, rtol=0, err_msg=str(k))
 
 
+@contextlib.contextmanager
+def host_reads_disallowed():
+  """`jax.transfer_guard_device_to_host("disallow")`, made to fail on CPU too.
+
+  On CPU a jax.Array already lives in host memory and the guard never fires, so this also
+  makes every read of a value (float, int, bool, item, print, device_get) and every
+  block_until_ready raise while the guard in force on this thread says "disallow". It
+  does not see numpy's buffer protocol (np.asarray of a CPU array), which the real guard
+  on an accelerator does."""
+  from jax._src import array, config
+
+  def disallowed():
+    return config.transfer_guard_device_to_host.value == "disallow"
+
+  value, block = array.ArrayImpl._value, array.ArrayImpl.block_until_ready
+
+  def guarded_value(self):
+    if disallowed():
+      raise RuntimeError(f"device-to-host read of {self.aval.str_short()} while disallowed")
+    return value.fget(self)
+
+  def guarded_block(self):
+    if disallowed():
+      raise RuntimeError(f"host waited for {self.aval.str_short()} while device-to-host transfers are disallowed")
+    return block(self)
+
+  array.ArrayImpl._value, array.ArrayImpl.block_until_ready = property(guarded_value), guarded_block
+  try:
+    with jax.transfer_guard_device_to_host("disallow"):
+      yield
+  finally:
+    array.ArrayImpl._value, array.ArrayImpl.block_until_ready = value, block
+
+
 @pytest.fixture(scope="module")
 def straight(data_dirs, tmp_path_factory):
-  """4 steps on all 8 devices (mesh data=4 x fsdp=2), uninterrupted."""
-  return run(data_dirs, tmp_path_factory.mktemp("straight"), total_steps=4, **{"mesh.data": 4, "mesh.fsdp": 2})
+  """4 steps on all 8 devices (mesh data=4 x fsdp=2), uninterrupted, logging at steps 2 and 4, all of it
+  under `host_reads_disallowed`: only the loop's sync points (set-up, log/checkpoint steps, the end)
+  may read the device, steps 1 and 3 may not."""
+  config = make_config(data_dirs, total_steps=4, log_every=2, **{"mesh.data": 4, "mesh.fsdp": 2})
+  with host_reads_disallowed():
+    out = loop.train_and_evaluate(config, str(tmp_path_factory.mktemp("straight")))
+  return out["metrics"], step_lib.host_params(out["state"])
+
+
+def test_steps_between_log_steps_read_nothing_from_the_device(straight):
+  x = jax.jit(lambda a: a * 2)(jax.numpy.ones(()))
+  with host_reads_disallowed():  # the guard catches what a per-step `float(m["loss"])` would do
+    with pytest.raises(RuntimeError, match="device-to-host read"):
+      float(x)
+    with pytest.raises(RuntimeError, match="host waited"):
+      jax.block_until_ready(x)
+  assert straight[0]["step"] == 4 and np.isfinite(straight[0]["loss"])
 
 
 def test_one_and_eight_devices_give_the_same_training(data_dirs, tmp_path, straight):
@@ -90,14 +141,22 @@ def test_one_and_eight_devices_give_the_same_training(data_dirs, tmp_path, strai
   assert_params(p1, p8, exact=False)
 
 
-def test_resume_equals_straight_run_exactly(data_dirs, tmp_path, straight):
+def test_resume_equals_straight_run_exactly_even_from_a_damaged_checkpoint(data_dirs, tmp_path, straight):
+  """Steps 1-3 saved, then a file of step 3 truncated (a disk fault after the save): the resumed
+  run names step 3, sets it aside, restarts from step 2 and ends exactly where a straight run does."""
   mesh = {"mesh.data": 4, "mesh.fsdp": 2}
-  first, _ = run(data_dirs, tmp_path / "resumed", total_steps=2, **mesh)
-  assert first["step"] == 2
+  first, _ = run(data_dirs, tmp_path / "resumed", total_steps=3, checkpoint_every=1, **mesh)
+  assert first["step"] == 3
+  step3 = tmp_path / "resumed" / "checkpoints" / "3"
+  victim = max((step3 / "params" / "d").iterdir(), key=lambda p: p.stat().st_size)  # the merged OCDBT data
+  victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
   metrics, resumed = run(data_dirs, tmp_path / "resumed", total_steps=4, **mesh)
   assert metrics["step"] == 4
   assert metrics["loss"] == straight[0]["loss"]
   assert_params(straight[1], resumed, exact=True)
+  assert [p.name.split("-")[0] for p in (tmp_path / "resumed" / checkpoint.DAMAGED).iterdir()] == ["3"]
+  params, _, step = checkpoint.restore_params(str(tmp_path / "resumed"))
+  assert step == 4  # step 3 was saved again, and 4 after it
 
 
 def test_restore_onto_a_different_mesh(data_dirs, tmp_path, straight):
@@ -109,9 +168,9 @@ def test_restore_onto_a_different_mesh(data_dirs, tmp_path, straight):
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data_dirs, tmp_path):
-  with pytest.raises(loop.NonFiniteLossError, match=r"at step (2|3)"):
+  with pytest.raises(loop.NonFiniteLossError, match=r"non-finite loss at step (2|3) \(steps (2|3)-(2|3) checked at step (2|3)\)"):
     run(data_dirs, tmp_path / "nan", total_steps=6, checkpoint_every=1, **{"optim.learning_rate": 1e30})
-  ckpt = checkpoint.TrainCheckpointer(str(tmp_path / "nan"), loop.model_config(make_config(data_dirs)))
+  ckpt = checkpoint.TrainCheckpointer(str(tmp_path / "nan"), builder.model_config(make_config(data_dirs)))
   good = ckpt.latest_step()
   ckpt.close()
   assert good in (1, 2)
@@ -166,7 +225,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(data_dirs, tmp_path):
   rest = proc.stderr.read()
   assert proc.wait(timeout=300) == 0, rest[-2000:]
   assert "preempted: saved step" in rest
-  ckpt = checkpoint.TrainCheckpointer(str(tmp_path / "w"), loop.model_config(make_config(data_dirs)))
+  ckpt = checkpoint.TrainCheckpointer(str(tmp_path / "w"), builder.model_config(make_config(data_dirs)))
   step = ckpt.latest_step()
   ckpt.close()
   assert 3 <= step < 100000
@@ -180,32 +239,83 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def test_two_processes_equal_one_process_on_eight_devices(data_dirs, tmp_path):
-  """2 hosts x 4 CPU devices (gloo collectives), each reading its own data shard, vs 1 x 8."""
-  import json
+def _launch_two_hosts(data_dirs, workdir, log_dir, *flags):
+  """2 processes x 4 CPU devices (gloo collectives) of `experiments.train`, output to log_dir/host{i}.log."""
   import os
   import subprocess
   import sys
 
   root = pathlib.Path(__file__).resolve().parents[1]
   common = ["--config=experiments/configs/quickstart.py", "--config.synthetic.enabled=False",
-            f"--config.data.train_dir={data_dirs['train']}", "--config.data.val_dir=", "--config.data.window_frames=25",
-            "--config.data.thread_count=0", "--config.batch_size=8", "--config.total_steps=3", "--config.checkpoint_every=3",
-            "--config.log_every=1", "--config.eval_every=0", "--config.progress_bar=False", "--config.mesh.fsdp=2"]
+            f"--config.data.train_dir={data_dirs['train']}", f"--config.data.val_dir={data_dirs['val']}",
+            "--config.data.window_frames=25", "--config.data.thread_count=0", "--config.batch_size=8",
+            "--config.checkpoint_every=100000", "--config.log_every=1", "--config.eval_every=1",
+            "--config.progress_bar=False", "--config.mesh.fsdp=2", f"--workdir={workdir}"]
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
   port = _free_port()
-  procs = [subprocess.Popen([sys.executable, "-m", "experiments.train", *common, f"--workdir={tmp_path / 'multi'}",
-                             f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
-                            cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
-  outs = [p.communicate(timeout=600)[0] for p in procs]
-  assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
-  single = run(data_dirs, tmp_path / "single", total_steps=3, checkpoint_every=3, **{"mesh.fsdp": 2, "data.num_shards": 2})
-  multi = json.loads((tmp_path / "multi" / "last_metrics.json").read_text())
-  for k in ("loss", "loss_exp", "loss_jaw", "loss_neck", "loss_velocity"):
-    np.testing.assert_allclose(multi[k], single[0][k], rtol=1e-5)
-  params, _, step = checkpoint.restore_params(str(tmp_path / "multi"))
-  assert step == 3
-  assert_params(params, single[1], exact=False)
+  procs = []
+  for i in range(2):
+    log = open(log_dir / f"host{i}.log", "w")
+    procs.append(subprocess.Popen([sys.executable, "-m", "experiments.train", *common, *flags,
+                                   f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
+                                  cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT))
+    log.close()
+  return procs
+
+
+def _wait_all(procs, log_dir, timeout=600):
+  import subprocess
+
+  try:
+    codes = [p.wait(timeout=timeout) for p in procs]
+  except subprocess.TimeoutExpired:
+    for p in procs:
+      p.kill()
+    raise
+  logs = [(log_dir / f"host{i}.log").read_text() for i in range(len(procs))]
+  assert codes == [0] * len(procs), "\n".join(l[-3000:] for l in logs)
+  return logs
+
+
+def test_two_hosts_preempt_together_resume_and_match_one_host(data_dirs, tmp_path):
+  """2 hosts x 4 CPU devices, each reading its own data shard and validating its share of the val
+  split every step. SIGTERM to host 1 alone: both hosts save the same step and exit 0. A rerun
+  resumes from that step; its training and its validation numbers are those of 1 host x 8 devices."""
+  import json
+  import re
+  import signal
+  import time
+
+  work, logs_dir = tmp_path / "multi", tmp_path / "logs"
+  logs_dir.mkdir()
+  procs = _launch_two_hosts(data_dirs, work, logs_dir, "--config.total_steps=100000")
+  deadline = time.time() + 600
+  while "step 2:" not in (logs_dir / "host1.log").read_text():
+    assert time.time() < deadline and all(p.poll() is None for p in procs), (logs_dir / "host1.log").read_text()[-3000:]
+    time.sleep(0.5)
+  procs[1].send_signal(signal.SIGTERM)
+  logs = _wait_all(procs, logs_dir)
+  saved = [int(re.search(r"preempted: saved step (\d+)", log).group(1)) for log in logs]
+  assert saved[0] == saved[1] >= 2, saved
+  step = saved[0]
+  ckpt = checkpoint.TrainCheckpointer(str(work), builder.model_config(make_config(data_dirs)))
+  assert ckpt.latest_step() == step
+  ckpt.close()
+
+  procs = _launch_two_hosts(data_dirs, work, logs_dir, f"--config.total_steps={step + 1}")
+  logs = _wait_all(procs, logs_dir)
+  assert all(f"resumed from {work / 'checkpoints'} step {step}" in log for log in logs)
+  multi = json.loads((work / "last_metrics.json").read_text())
+  assert multi["step"] == step + 1
+
+  single, single_params = run(data_dirs, tmp_path / "single", total_steps=step + 1, checkpoint_every=1000,
+                              eval_every=1000, **{"mesh.fsdp": 2, "data.num_shards": 2})
+  for k in ("loss", "loss_exp", "loss_jaw", "loss_neck", "loss_velocity", "val_loss", "val_loss_exp",
+            "val_loss_jaw", "val_loss_neck", "val_loss_velocity"):
+    np.testing.assert_allclose(multi[k], single[k], rtol=1e-5, err_msg=k)
+  params, _, saved_step = checkpoint.restore_params(str(work))
+  assert saved_step == step + 1
+  assert_params(params, single_params, exact=False)
 
 
 def test_quickstart_runs_end_to_end(tmp_path, capsys):

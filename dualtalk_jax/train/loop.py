@@ -1,11 +1,22 @@
 """`train_and_evaluate(config, workdir)`: the training loop behind `experiments.train`.
 
-One process per host. Every host builds the same mesh over all devices, reads its own
-shard of the data (grain, by `jax.process_index()`), and feeds its rows of the global
-batch; params, gradients and optimizer state are sharded by `dualtalk_jax.sharding`.
-Checkpoints (full state + data iterator) every `checkpoint_every` steps, asynchronous;
-a workdir that holds one resumes from the latest; SIGTERM saves and exits; a NaN/inf
-loss stops the run naming the step, leaving the last good checkpoint as it was.
+One process per host. Every host builds the same program (`train.builder.build`: mesh
+over all devices, sharded state, jitted steps), reads its own shard of the data (grain,
+by `jax.process_index()`), and feeds its rows of the global batch.
+
+The loop never waits for the device between sync points: steps are dispatched ahead
+while the host loads the next batches. A sync point is a step that logs, validates,
+checkpoints, is the last, or where the hosts agreed to stop for a preemption; only there
+does the host read device values. Between sync points the loop runs under
+`jax.transfer_guard_device_to_host("disallow")`, so a hidden read fails loudly on
+accelerators. Non-finite losses are noted on device (the first bad step) and read at the
+next sync point: the run then stops naming the step and the range it was checked over,
+without saving, so the last good checkpoint stays the latest.
+
+Checkpoints (full state + data iterator) every `checkpoint_every` steps, asynchronous; a
+workdir that holds one resumes from the newest step that restores (a damaged newest step
+is named and set aside: `checkpoint.TrainCheckpointer.restore_latest`). Preemption:
+SIGTERM on any host makes every host save the same step and exit cleanly (`Preemption`).
 
 Frozen wav2vec2 (`optim.freeze_wav2vec2`): both encoders in eval mode, no gradient, no
 optimizer moments. `data.feature_cache` (implies it) reads the train data's wav2vec2
@@ -30,14 +41,14 @@ import numpy as np
 from absl import logging
 
 from dualtalk_jax import checkpoint, sharding
-from dualtalk_jax.aot import PEAK_FLOPS, peak_flops  # noqa: F401 (peak FLOP/s per chip, for MFU)
-from dualtalk_jax.config import DualTalkConfig, get_model_config
+from dualtalk_jax.aot import peak_flops
+from dualtalk_jax.config import DualTalkConfig
 from dualtalk_jax.progress import Progress
-from dualtalk_jax.train import step as step_lib
+from dualtalk_jax.train import builder, step as step_lib
 
 
 class NonFiniteLossError(FloatingPointError):
-  pass
+  """A training loss was NaN or inf; the message names the step and the range checked."""
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]) -> ml_collections.ConfigDict:
@@ -49,54 +60,6 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]
       node = node[p]
     node[leaf] = value
   return config
-
-
-def model_config(config: ml_collections.ConfigDict) -> DualTalkConfig:
-  """The run's model: `config.model`, `wav2vec2_config`, `ablation`, `interaction_residual`."""
-  return get_model_config(config.model, config.get("wav2vec2_config") or None, ablation=config.get("ablation", ""),
-                          interaction_residual=config.get("interaction_residual", False))
-
-
-def check_model_options(config, cfg: DualTalkConfig) -> None:
-  """Refuses run options that mean nothing for the model's ablation (a clear error, not a no-op)."""
-  asked = [name for name, on in (("optim.freeze_wav2vec2", config.optim.get("freeze_wav2vec2", False)),
-                                 ("data.feature_cache", uses_feature_cache(config)),
-                                 ("pretrained_wav2vec2", config.get("pretrained_wav2vec2"))) if on]
-  if not cfg.uses_wav2vec2 and asked:
-    raise ValueError(f"ablation 'mfcc' has no wav2vec2 encoders: {', '.join(asked)} cannot apply; unset it")
-  if not cfg.uses_partner_speech and uses_feature_cache(config):
-    raise ValueError("ablation 'no_partner_speech' has no audio_encoder2, but the wav2vec2 feature cache is made "
-                     "for both encoders; unset data.feature_cache (optim.freeze_wav2vec2 alone works)")
-
-
-def compute_dtype(config) -> Any:
-  name = config.get("compute_dtype", "float32")
-  if name not in ("float32", "bfloat16"):
-    raise ValueError(f"compute_dtype must be float32 or bfloat16, got {name!r}")
-  return jnp.dtype(name)
-
-
-def uses_feature_cache(config) -> bool:
-  return bool(config.data.get("feature_cache", False))
-
-
-def frozen_wav2vec2(config) -> bool:
-  """Frozen wav2vec2 mode: `optim.freeze_wav2vec2`, or implied by `data.feature_cache`."""
-  return bool(config.optim.get("freeze_wav2vec2", False)) or uses_feature_cache(config)
-
-
-def make_model_def(config, cfg: DualTalkConfig) -> step_lib.ModelDef:
-  """The model graph a run of `config` trains (dtype, remat, frozen wav2vec2); shared with `aot`."""
-  check_model_options(config, cfg)
-  return step_lib.ModelDef(cfg, dtype=compute_dtype(config), remat=config.get("remat", ""),
-                           frozen_encoders=frozen_wav2vec2(config))
-
-
-def optim_config(config) -> step_lib.OptimConfig:
-  o = config.optim
-  return step_lib.OptimConfig(learning_rate=o.learning_rate, decay_rate=o.decay_rate, decay_steps=o.decay_steps,
-                              grad_clip_norm=o.grad_clip_norm, freeze_feature_extractor=o.freeze_feature_extractor,
-                              freeze_wav2vec2=frozen_wav2vec2(config))
 
 
 def initial_params(config, model_def: step_lib.ModelDef) -> dict:
@@ -230,7 +193,7 @@ def train_iterator(config) -> ShardedIterator:
           seed=config.seed, shuffle=True, num_epochs=None, worker_count=config.data.worker_count,
           thread_count=config.data.thread_count, prefetch=config.data.prefetch,
           clips_per_block=config.data.clips_per_block, process_index=shard, process_count=shards,
-          feature_cache=uses_feature_cache(config)))
+          feature_cache=builder.uses_feature_cache(config)))
       for shard in range(pi * per, (pi + 1) * per))
 
 
@@ -245,19 +208,38 @@ def write_config(config, workdir: str) -> None:
   os.replace(tmp, path)
 
 
-class _Preemption:
-  """Turns SIGTERM into a flag the loop checks at step boundaries."""
+class Preemption:
+  """Whether the run stops for a preemption after a step; every host gets the same answer.
+
+  Several processes: JAX's preemption sync manager (started by `jax.distributed.initialize`)
+  catches SIGTERM on any host and tells the others through the coordination service;
+  `multihost_utils.reached_preemption_sync_point` then turns True on every host at the
+  same step, so they all save that step (a collective) and exit. It is a host-side check,
+  no device sync; every host must call `reached` after every step. One process: a
+  SIGTERM handler sets a flag that is read after the step.
+  """
 
   def __init__(self):
+    self.multihost = jax.process_count() > 1
     self.requested = False
-    self._old = signal.signal(signal.SIGTERM, self._handle)
+    self._old = None if self.multihost else signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):
-    logging.warning("SIGTERM received: saving a checkpoint at the next step boundary")
+    logging.warning("SIGTERM received: saving a checkpoint after this step")
     self.requested = True
 
+  def reached(self, step: int) -> bool:
+    if self.multihost:
+      from jax.experimental import multihost_utils
+
+      if multihost_utils.reached_preemption_sync_point(step):
+        logging.warning("preemption notice: every host stops and saves at step %d", step)
+        self.requested = True
+    return self.requested
+
   def restore(self):
-    signal.signal(signal.SIGTERM, self._old)
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
 
 
 def _summary_writer(workdir):
@@ -271,23 +253,6 @@ def _summary_writer(workdir):
   return SummaryWriter(os.path.join(workdir, "tensorboard"))
 
 
-def validate(config, model_def, eval_step, params, mesh) -> dict[str, float]:
-  """Released loss and the paper's metrics over the whole validation split.
-
-  `dualtalk_jax.eval.evaluate.evaluate_batches` (jitted metric kernels): every host
-  predicts its share of clips, each with the model's own T, and the sums are combined.
-  Keys: `val_loss`, `val_loss_<part>`, `val_<released metric key>` (`config.data.eval_metrics`
-  False: the loss only).
-  """
-  from dualtalk_jax.data import pipeline
-  from dualtalk_jax.eval import evaluate
-
-  ds = pipeline.make_eval_dataset(config.data.val_dir, batch_size=config.data.eval_batch_size,
-                                  bucket_frames=config.data.eval_bucket_frames)
-  predict_fn = lambda batch: eval_step(params, {k: batch[k] for k in step_lib.BATCH_NDIM})
-  return evaluate.evaluate_batches(predict_fn, ds, scores=config.data.get("eval_metrics", True))
-
-
 def check_feature_cache(config, state, cfg: DualTalkConfig) -> None:
   """Refuses train data whose feature cache was not made with this run's encoder weights."""
   from dualtalk_jax.data import feature_cache
@@ -299,119 +264,136 @@ def check_feature_cache(config, state, cfg: DualTalkConfig) -> None:
                cache["fingerprint"], cache["source"])
 
 
+def _host_reads():
+  """Where the loop may read device values: set-up, sync points, the end."""
+  return jax.transfer_guard_device_to_host("allow")
+
+
+@jax.jit
+def _note_non_finite(first_bad, loss, step):
+  """The first step whose loss was not finite, 0 while there is none (on device)."""
+  return jnp.where((first_bad == 0) & ~jnp.isfinite(loss), step, first_bad)
+
+
+def _check_finite(first_bad, checked: int, done: int, root: str) -> None:
+  bad = int(first_bad)
+  if bad:
+    raise NonFiniteLossError(f"non-finite loss at step {bad} (steps {checked + 1}-{done} checked at step {done}); "
+                             f"stopped without saving, the last good checkpoint in {root} is kept")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains per `config` in `workdir` (resuming if it holds a checkpoint); returns the last metrics."""
   jax.config.update("jax_threefry_partitionable", True)
   workdir = os.path.abspath(workdir)
-  if config.synthetic.enabled:
-    ensure_synthetic_data(config, workdir)
-  check_data_dirs(config)
-  write_config(config, workdir)
+  with _host_reads():
+    if config.synthetic.enabled:
+      ensure_synthetic_data(config, workdir)
+    check_data_dirs(config)
+    write_config(config, workdir)
 
-  cfg = model_config(config)
-  devices = jax.devices()[: config.mesh.num_devices] if config.mesh.get("num_devices") else None
-  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, devices)
-  n_proc = jax.process_count()
-  if config.batch_size % (n_proc * config.grad_accum) or (config.batch_size // config.grad_accum) % mesh.size:
-    raise ValueError(f"batch_size {config.batch_size} must split over {n_proc} processes, grad_accum {config.grad_accum} "
-                     f"and {mesh.size} devices")
-  model_def = make_model_def(config, cfg)
-  ocfg = optim_config(config)
-  feature_cache = uses_feature_cache(config)
-  batch_keys = step_lib.batch_ndim(feature_cache)
-  tx = step_lib.make_optimizer(ocfg, model_def.abstract_params)
-  schedule = step_lib.learning_rate_schedule(ocfg)
-
-  data_iter = train_iterator(config)
-  ckpt = checkpoint.TrainCheckpointer(workdir, cfg, keep=config.keep_checkpoints)
-
-  abstract_state = jax.eval_shape(lambda p: {"step": jnp.zeros((), jnp.int32), "params": p, "opt_state": tx.init(p)},
-                                  model_def.abstract_params)
-  shardings = step_lib.state_shardings(abstract_state, mesh)
-  latest = ckpt.latest_step()
-  if latest is not None:
-    logging.info("resuming from %s step %d", ckpt.root, latest)
-    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings)
-    state = ckpt.restore(latest, target, data_iter)
-  else:
-    state, _ = step_lib.init_state(model_def, tx, initial_params(config, model_def), mesh=mesh)
-  if feature_cache:
-    try:
-      check_feature_cache(config, state, cfg)
-    except BaseException:
-      ckpt.close()
-      raise
-  train_step = step_lib.make_train_step(model_def, tx, seed=config.seed, grad_accum=config.grad_accum, mesh=mesh,
-                                        state_shardings=shardings, feature_cache=feature_cache)
-  eval_step = step_lib.make_eval_step(model_def)
-
-  writer = _summary_writer(workdir)
-  preemption = _Preemption()
-  start_step = int(jax.device_get(state["step"]))
-  frames_per_step = config.batch_size * config.data.window_frames
-  flops_per_step, peak = None, peak_flops(jax.devices()[0])
-  metrics: dict[str, Any] = {}
-  progress = Progress(config.total_steps, "train", unit="step", initial=start_step,
-                      enabled=jax.process_index() == 0 and config.progress_bar)
-  t0, last_log_step = time.time(), start_step
+    program = builder.build(config)
+    n_proc = jax.process_count()
+    if config.batch_size % (n_proc * config.grad_accum):
+      raise ValueError(f"batch_size {config.batch_size} must split over {n_proc} processes and grad_accum "
+                       f"{config.grad_accum}")
+    data_iter = train_iterator(config)
+    ckpt = checkpoint.TrainCheckpointer(workdir, program.model_config, keep=config.keep_checkpoints)
+  writer = preemption = progress = None
   try:
-    for step in range(start_step, config.total_steps):
-      batch = sharding.shard_batch({k: v for k, v in next(data_iter).items() if k in batch_keys}, mesh)
-      if flops_per_step is None:  # compile once, ahead of time, and keep its cost analysis
+    with _host_reads():
+      state = ckpt.restore_latest(program.abstract_state(), data_iter)
+      if state is None:
+        state = program.init_state(initial_params(config, program.model_def))
+      else:
+        logging.info("resumed from %s step %d", ckpt.root, int(jax.device_get(state["step"])))
+      if program.feature_cache:
+        check_feature_cache(config, state, program.model_config)
+      start_step = int(jax.device_get(state["step"]))
+      writer = _summary_writer(workdir)
+      preemption = Preemption()
+      progress = Progress(config.total_steps, "train", unit="step", initial=start_step,
+                          enabled=jax.process_index() == 0 and config.progress_bar)
+      first_bad = jax.jit(lambda: jnp.zeros((), jnp.int32), out_shardings=sharding.replicated(program.mesh))()
+      frames_per_step = config.batch_size * config.data.window_frames
+      flops_per_step, peak = 0.0, peak_flops(jax.devices()[0])
+      metrics: dict[str, Any] = {}
+      batch = None
+      if start_step < config.total_steps:  # compile once, ahead of time, and keep its cost analysis
+        batch = program.shard_batch(next(data_iter))
         logging.info("compiling the train step")
         t_compile = time.time()
-        train_step = train_step.lower(state, batch).compile()
+        train_step = program.train_step.lower(state, batch).compile()
         cost = train_step.cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         flops_per_step = float(cost.get("flops", 0.0)) if cost else 0.0
-        logging.info("compiled the train step in %.1f s; training steps %d to %d", time.time() - t_compile, step + 1,
-                     config.total_steps)
-        t0 = time.time()
-      state, m = train_step(state, batch)
-      done = step + 1
-      loss = float(m["loss"])
-      if not np.isfinite(loss):
-        raise NonFiniteLossError(f"non-finite loss ({loss}) at step {done}; stopped without saving, the last good "
-                                 f"checkpoint in {ckpt.root} is kept")
-      progress.update(1)
-      if done % config.log_every == 0 or done == config.total_steps:
-        m = jax.device_get(m)
-        dt = time.time() - t0
-        steps_s = (done - last_log_step) / max(dt, 1e-9)
-        metrics = {k: float(v) for k, v in m.items()}
-        metrics.update(learning_rate=float(schedule(done - 1)), steps_per_s=steps_s, frames_per_s=steps_s * frames_per_step)
-        if flops_per_step and peak:
-          metrics["mfu"] = steps_s * flops_per_step / (peak * jax.device_count())
-        t0, last_log_step = time.time(), done
-        logging.info("step %d: %s", done, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-        progress.set_postfix(loss=f"{metrics['loss']:.4f}")
-        if writer:
-          for k, v in metrics.items():
-            writer.add_scalar(f"train/{k}", v, done)
-      if config.eval_every and config.data.get("val_dir") and (done % config.eval_every == 0 or done == config.total_steps):
-        val = validate(config, model_def, eval_step, state["params"], mesh)
-        if val:
-          metrics.update(val)
-          logging.info("step %d validation: %s", done, " ".join(f"{k}={v:.4g}" for k, v in val.items()))
+        logging.info("compiled the train step in %.1f s; training steps %d to %d", time.time() - t_compile,
+                     start_step + 1, config.total_steps)
+    validating = bool(config.eval_every and config.data.get("val_dir"))
+    t0, last_log_step = time.time(), start_step
+    checked = start_step  # the last step whose loss (and all before it) is known to be finite
+    for step in range(start_step, config.total_steps):
+      with jax.transfer_guard_device_to_host("disallow"):  # no host reads between sync points
+        if batch is None:
+          batch = program.shard_batch(next(data_iter))
+        state, m = train_step(state, batch)
+        batch = None
+        first_bad = _note_non_finite(first_bad, m["loss"], state["step"])
+        done = step + 1
+        preempted = preemption.reached(done)
+        if progress:
+          progress.update(1)
+      log = done % config.log_every == 0 or done == config.total_steps
+      evaluate = validating and (done % config.eval_every == 0 or done == config.total_steps)
+      save = done % config.checkpoint_every == 0 or done == config.total_steps or preempted
+      if not (log or evaluate or save):
+        continue
+      with _host_reads():
+        _check_finite(first_bad, checked, done, ckpt.root)
+        checked = done
+        if log:
+          dt = time.time() - t0
+          steps_s = (done - last_log_step) / max(dt, 1e-9)
+          metrics = {k: float(v) for k, v in jax.device_get(m).items()}
+          metrics.update(learning_rate=float(program.schedule(done - 1)), steps_per_s=steps_s,
+                         frames_per_s=steps_s * frames_per_step)
+          if flops_per_step and peak:
+            metrics["mfu"] = steps_s * flops_per_step / (peak * jax.device_count())
+          t0, last_log_step = time.time(), done
+          logging.info("step %d: %s", done, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+          if progress:
+            progress.set_postfix(loss=f"{metrics['loss']:.4f}")
           if writer:
-            for k, v in val.items():
-              writer.add_scalar(f"val/{k}", v, done)
-          ckpt.save_best(done, state["params"], val["val_loss"])
-      if done % config.checkpoint_every == 0 or done == config.total_steps or preemption.requested:
-        ckpt.save(done, state, data_iter, metrics)
-      if preemption.requested:
+            for k, v in metrics.items():
+              writer.add_scalar(f"train/{k}", v, done)
+        if evaluate:
+          val = program.validate(state["params"])
+          if val:
+            metrics.update(val)
+            logging.info("step %d validation: %s", done, " ".join(f"{k}={v:.4g}" for k, v in val.items()))
+            if writer:
+              for k, v in val.items():
+                writer.add_scalar(f"val/{k}", v, done)
+            ckpt.save_best(done, state["params"], val["val_loss"])
+        if save:
+          ckpt.save(done, state, data_iter, metrics)
+      if preempted:
         logging.warning("preempted: saved step %d, exiting", done)
         break
   finally:
-    ckpt.wait()
-    ckpt.close()
-    preemption.restore()
-    progress.close()
-    if writer:
-      writer.close()
-  metrics["step"] = int(jax.device_get(state["step"]))
-  metrics["flops_per_step"] = flops_per_step or 0.0
+    with _host_reads():
+      ckpt.wait()
+      ckpt.close()
+      if preemption:
+        preemption.restore()
+      if progress:
+        progress.close()
+      if writer:
+        writer.close()
+  with _host_reads():
+    metrics["step"] = int(jax.device_get(state["step"]))
+  metrics["flops_per_step"] = flops_per_step
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "last_metrics.json"), "w") as f:
       json.dump(metrics, f, indent=2)
-  return {"metrics": metrics, "state": state, "model_def": model_def}
+  return {"metrics": metrics, "state": state, "model_def": program.model_def, "program": program}

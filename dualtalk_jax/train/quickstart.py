@@ -38,7 +38,7 @@ import numpy as np
 
 from dualtalk_jax.data import pipeline, records
 from dualtalk_jax.eval import evaluate
-from dualtalk_jax.train import loop
+from dualtalk_jax.train import builder, loop
 from dualtalk_jax.train.loss import GROUPS
 from experiments.configs import quickstart as quickstart_config
 
@@ -158,7 +158,7 @@ def run(workdir: str, flame_model=None, **overrides) -> dict[str, Any]:
     out = loop.train_and_evaluate(config, workdir)
   export_from = workdir
   released = None
-  if not loop.model_config(config).is_released:
+  if not builder.model_config(config).is_released:
     export_from = os.path.join(workdir, "released")
     rconfig = released_config(config)
     with stage("compiling and training the released architecture", f"the same data and budget, in {export_from}"):

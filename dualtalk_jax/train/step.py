@@ -194,19 +194,17 @@ def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, *, se
                  donate_argnums=0)
 
 
-def make_eval_step(model_def: ModelDef, *, mesh: Mesh | None = None, param_shardings=None) -> Callable:
+def make_eval_step(model_def: ModelDef, *, mesh: Mesh, param_shardings) -> Callable:
   """jit(params, batch) -> predictions (B, T, 56) in eval mode, T = batch['motion_self'] frames.
 
-  With a mesh, params/batch/predictions have explicit shardings (batch split as in training).
-  """
+  Params, the global batch (split over the batch axes, as in training) and the predictions
+  have explicit shardings: the one eval step of validation and AOT (`train.builder`)."""
 
   def eval_fn(params, batch):
     model = model_def.merge(params, train=False)
     max_frames = batch["motion_self"].shape[1]
     return forward(model, batch, max_frames)
 
-  if mesh is None:
-    return jax.jit(eval_fn)
   batch_sh = {k: sharding.batch_sharding(mesh, n) for k, n in BATCH_NDIM.items()}
   return jax.jit(eval_fn, in_shardings=(param_shardings, batch_sh), out_shardings=sharding.batch_sharding(mesh, 3))
 

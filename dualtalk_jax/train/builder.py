@@ -1,0 +1,204 @@
+"""The one builder of a training program: mesh, model graph, optimizer, state shardings, steps.
+
+`build(config, devices)` turns a training config into a `Program`: what
+`train.loop.train_and_evaluate` runs, what `aot.compile_steps` compiles for a TPU topology
+it cannot see, and what validation scores with (`Program.evaluate`). Building it allocates
+nothing; `Program.init_state` and `Program.abstract_state` make the state.
+
+Validation is mesh-aware and multi-host: every host reads its share of the eval rows
+(`pipeline.make_eval_dataset` by process), pads them to the time length all hosts agree
+on, builds global arrays with `sharding.shard_batch` (as training does), runs the one
+jitted eval step over the sharded params, and scores its own rows on the host; the sums
+are combined across hosts (`eval.evaluate.evaluate_batches`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Iterable, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh
+
+from dualtalk_jax import audio, sharding
+from dualtalk_jax.config import DualTalkConfig, get_model_config
+from dualtalk_jax.train import step as step_lib
+
+
+def model_config(config: ml_collections.ConfigDict) -> DualTalkConfig:
+  """The run's model: `config.model`, `wav2vec2_config`, `ablation`, `interaction_residual`."""
+  return get_model_config(config.model, config.get("wav2vec2_config") or None, ablation=config.get("ablation", ""),
+                          interaction_residual=config.get("interaction_residual", False))
+
+
+def check_model_options(config, cfg: DualTalkConfig) -> None:
+  """Refuses run options that mean nothing for the model's ablation (a clear error, not a no-op)."""
+  asked = [name for name, on in (("optim.freeze_wav2vec2", config.optim.get("freeze_wav2vec2", False)),
+                                 ("data.feature_cache", uses_feature_cache(config)),
+                                 ("pretrained_wav2vec2", config.get("pretrained_wav2vec2"))) if on]
+  if not cfg.uses_wav2vec2 and asked:
+    raise ValueError(f"ablation 'mfcc' has no wav2vec2 encoders: {', '.join(asked)} cannot apply; unset it")
+  if not cfg.uses_partner_speech and uses_feature_cache(config):
+    raise ValueError("ablation 'no_partner_speech' has no audio_encoder2, but the wav2vec2 feature cache is made "
+                     "for both encoders; unset data.feature_cache (optim.freeze_wav2vec2 alone works)")
+
+
+def compute_dtype(config) -> Any:
+  name = config.get("compute_dtype", "float32")
+  if name not in ("float32", "bfloat16"):
+    raise ValueError(f"compute_dtype must be float32 or bfloat16, got {name!r}")
+  return jnp.dtype(name)
+
+
+def uses_feature_cache(config) -> bool:
+  return bool(config.data.get("feature_cache", False))
+
+
+def frozen_wav2vec2(config) -> bool:
+  """Frozen wav2vec2 mode: `optim.freeze_wav2vec2`, or implied by `data.feature_cache`."""
+  return bool(config.optim.get("freeze_wav2vec2", False)) or uses_feature_cache(config)
+
+
+def make_model_def(config, cfg: DualTalkConfig) -> step_lib.ModelDef:
+  """The model graph a run of `config` trains (dtype, remat, frozen wav2vec2)."""
+  check_model_options(config, cfg)
+  return step_lib.ModelDef(cfg, dtype=compute_dtype(config), remat=config.get("remat", ""),
+                           frozen_encoders=frozen_wav2vec2(config))
+
+
+def optim_config(config) -> step_lib.OptimConfig:
+  o = config.optim
+  return step_lib.OptimConfig(learning_rate=o.learning_rate, decay_rate=o.decay_rate, decay_steps=o.decay_steps,
+                              grad_clip_norm=o.grad_clip_norm, freeze_feature_extractor=o.freeze_feature_extractor,
+                              freeze_wav2vec2=frozen_wav2vec2(config))
+
+
+def local_mesh_devices(mesh: Mesh) -> int:
+  """How many of the mesh's devices belong to this process (its rows of a global batch divide by it)."""
+  return sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+  """Everything a run of one config compiles, for one mesh.
+
+  `train_step(state, batch) -> (state, metrics)` and `eval_step(params, batch) ->
+  predictions` are jitted with the mesh's shardings (`step.make_train_step` /
+  `step.make_eval_step`); `state_shardings` places the train state
+  ({'step', 'params', 'opt_state'}).
+  """
+
+  config: ml_collections.ConfigDict
+  model_config: DualTalkConfig
+  mesh: Mesh
+  model_def: step_lib.ModelDef
+  tx: optax.GradientTransformation
+  schedule: optax.Schedule
+  state_shardings: Any
+  train_step: Callable
+  eval_step: Callable
+  feature_cache: bool
+
+  @property
+  def batch_keys(self) -> dict[str, int]:
+    """The train step's batch keys and their ranks."""
+    return step_lib.batch_ndim(self.feature_cache)
+
+  def abstract_state(self) -> dict:
+    """The train state as `jax.ShapeDtypeStruct`s carrying their shardings (nothing allocated)."""
+    shapes = jax.eval_shape(lambda p: _state(self.tx, p), self.model_def.abstract_params)
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, self.state_shardings)
+
+  def init_state(self, params) -> dict:
+    """The train state at step 0 from `params` (host or device arrays), placed by the sharding rules."""
+    params = jax.device_put(params, self.state_shardings["params"])
+    return jax.jit(lambda p: _state(self.tx, p), out_shardings=self.state_shardings)(params)
+
+  def shard_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    """This host's rows of a training batch -> global arrays (the train step's keys only)."""
+    return sharding.shard_batch({k: v for k, v in batch.items() if k in self.batch_keys}, self.mesh)
+
+  def eval_rows_per_host(self, batch_size: int) -> int:
+    """Eval rows per host: `batch_size` rounded up to a multiple of this host's mesh devices."""
+    local = local_mesh_devices(self.mesh)
+    return -(-batch_size // local) * local
+
+  def predict(self, params, batch: dict[str, np.ndarray]) -> np.ndarray:
+    """This host's rows of an eval batch -> their predictions (rows, T, 56), as host numpy.
+
+    Every host must call it with the same number of rows; the time axis is padded to the
+    longest of all hosts' batches, so the global arrays have one shape."""
+    batch = _pad_time(batch, _agree_max(batch["motion_self"].shape[1]))
+    inputs = sharding.shard_batch({k: batch[k] for k in step_lib.BATCH_NDIM}, self.mesh)
+    pred = self.eval_step(params, inputs)
+    from jax.experimental import multihost_utils
+
+    local = multihost_utils.global_array_to_host_local_array(pred, self.mesh, sharding.batch_sharding(self.mesh, 3).spec)
+    return np.asarray(local)
+
+  def evaluate(self, params, batches: Iterable[dict], *, scores: bool = True, prefix: str = "val_") -> dict[str, float]:
+    """Released loss and paper metrics over eval batches (every host its own share, sums combined)."""
+    from dualtalk_jax.eval import evaluate
+
+    return evaluate.evaluate_batches(lambda b: self.predict(params, b), batches, scores=scores, prefix=prefix)
+
+  def validate(self, params) -> dict[str, float]:
+    """`evaluate` over the whole `config.data.val_dir` split: `val_loss`, `val_loss_<part>`,
+    `val_<released metric key>` (`config.data.eval_metrics` False: the loss only)."""
+    from dualtalk_jax.data import pipeline
+
+    data = self.config.data
+    ds = pipeline.make_eval_dataset(data.val_dir, batch_size=self.eval_rows_per_host(data.eval_batch_size),
+                                    bucket_frames=data.eval_bucket_frames)
+    return self.evaluate(params, ds, scores=data.get("eval_metrics", True))
+
+
+def _state(tx, params) -> dict:
+  return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+
+
+def _agree_max(n: int) -> int:
+  if jax.process_count() == 1:
+    return int(n)
+  from jax.experimental import multihost_utils
+
+  return int(np.max(multihost_utils.process_allgather(np.asarray(n, np.int64))))
+
+
+def _pad_time(batch: dict[str, np.ndarray], frames: int) -> dict[str, np.ndarray]:
+  """Zero-pads an eval batch's audio and motion to `frames` frames (lengths unchanged)."""
+  t = batch["motion_self"].shape[1]
+  if t == frames:
+    return batch
+  out = dict(batch)
+  for k in ("motion_self", "motion_other"):
+    out[k] = np.pad(batch[k], ((0, 0), (0, frames - t), (0, 0)))
+  for k in ("audio_self", "audio_other"):
+    out[k] = np.pad(batch[k], ((0, 0), (0, frames * audio.SAMPLES_PER_FRAME - batch[k].shape[1])))
+  return out
+
+
+def build(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None) -> Program:
+  """The program of `config` on a mesh over `devices` (default: `config.mesh.num_devices` or all)."""
+  cfg = model_config(config)
+  if devices is None:
+    devices = jax.devices()[: config.mesh.num_devices] if config.mesh.get("num_devices") else jax.devices()
+  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, devices)
+  if config.batch_size % config.grad_accum or (config.batch_size // config.grad_accum) % mesh.size:
+    raise ValueError(f"batch_size {config.batch_size} must split over grad_accum {config.grad_accum} and "
+                     f"{mesh.size} devices")
+  model_def = make_model_def(config, cfg)
+  ocfg = optim_config(config)
+  tx = step_lib.make_optimizer(ocfg, model_def.abstract_params)
+  shapes = jax.eval_shape(lambda p: _state(tx, p), model_def.abstract_params)
+  shardings = step_lib.state_shardings(shapes, mesh)
+  cached = uses_feature_cache(config)
+  train_step = step_lib.make_train_step(model_def, tx, seed=config.seed, grad_accum=config.grad_accum, mesh=mesh,
+                                        state_shardings=shardings, feature_cache=cached)
+  eval_step = step_lib.make_eval_step(model_def, mesh=mesh, param_shardings=shardings["params"])
+  return Program(config, cfg, mesh, model_def, tx, step_lib.learning_rate_schedule(ocfg), shardings, train_step,
+                 eval_step, cached)
