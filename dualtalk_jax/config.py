@@ -139,6 +139,11 @@ class DualTalkConfig:
   modulation_scale: float = 0.1
   sample_rate: int = 16000
   fps: int = 25
+  # Param layout of the two wav2vec2 encoders' layer stacks: True = one stacked module
+  # per encoder, run as a scan (`encoder.layers.<param>`, leading layer axis); False = a list
+  # of layers (`encoder.layers.{i}.<param>`), for debugging. Same values either way;
+  # checkpoints record it (a model_config.json without it holds the unrolled layout).
+  scan_layers: bool = True
 
   def __post_init__(self):
     if 2 * self.lstm_hidden != self.feature_dim:

@@ -57,8 +57,9 @@ class JointEncoder(nnx.Module):
   def __init__(self, cfg: DualTalkConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32,
                remat: str = ""):
     kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
-    self.audio_encoder1 = Wav2Vec2Model(cfg.wav2vec2, remat=remat, **kw)
-    self.audio_encoder2 = Wav2Vec2Model(cfg.wav2vec2, remat=remat, **kw)
+    enc = dict(remat=remat, scan_layers=cfg.scan_layers, **kw)
+    self.audio_encoder1 = Wav2Vec2Model(cfg.wav2vec2, **enc)
+    self.audio_encoder2 = Wav2Vec2Model(cfg.wav2vec2, **enc)
     self.audio_projection = layers.torch_linear(cfg.wav2vec2.hidden_size, cfg.feature_dim, **kw)
     self.blendshape_encoder = nnx.Sequential(
         layers.torch_linear(cfg.motion_dim, cfg.blendshape_hidden, **kw),
@@ -128,7 +129,12 @@ class TemporalEnhancer(nnx.Module):
 
 
 class InteractionModule(nnx.Module):
-  """`interaction_module`: DualSpeakerInteractionModule."""
+  """`interaction_module`: DualSpeakerInteractionModule.
+
+  Its 3 transformer layers (and the synthesis module's 1) stay a list, unlike the 2 x 24
+  wav2vec2 layers (`DualTalkConfig.scan_layers`): they are small (width 512) and compiling
+  them unrolled is a small share of the step's compile time, so a scan would buy little and
+  cost a second param layout for these modules in every converter."""
 
   def __init__(self, cfg: DualTalkConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32,
                remat: str = ""):

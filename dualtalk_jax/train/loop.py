@@ -17,6 +17,7 @@ have the fingerprint the cache was made with, else the run refuses to start
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging as logging_std
 import os
@@ -52,7 +53,8 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]
 
 
 def model_config(config: ml_collections.ConfigDict) -> DualTalkConfig:
-  return get_model_config(config.model, config.get("wav2vec2_config") or None)
+  cfg = get_model_config(config.model, config.get("wav2vec2_config") or None)
+  return dataclasses.replace(cfg, scan_layers=bool(config.get("scan_layers", True)))
 
 
 def compute_dtype(config) -> Any:
@@ -87,7 +89,7 @@ def optim_config(config) -> step_lib.OptimConfig:
 def initial_params(config, model_def: step_lib.ModelDef) -> dict:
   """Params to start from: a converted DualTalk checkpoint, else fresh init (+ pretrained wav2vec2)."""
   if config.get("init_checkpoint"):
-    params, cfg, _ = checkpoint.restore_params(config.init_checkpoint)
+    params, cfg, _ = checkpoint.restore_params(config.init_checkpoint, scan_layers=model_def.config.scan_layers)
     if cfg != model_def.config:
       raise ValueError(f"{config.init_checkpoint}: its model config differs from the run's")
     return params

@@ -31,6 +31,7 @@ def get_config(arg: str = "large") -> ml_collections.ConfigDict:
   c.init_checkpoint = ""  # a converted DualTalk checkpoint to start from
   c.compute_dtype = "float32"  # or "bfloat16" (f32 master weights)
   c.remat = ""  # "" or a jax.checkpoint policy name for the wav2vec2/transformer layers
+  c.scan_layers = True  # wav2vec2 layers stacked and scanned; False = unrolled (debugging; another param layout)
 
   c.steps_per_epoch = 3300
   c.num_epochs = 100
