@@ -235,27 +235,27 @@ def format_result(r: Result, model_flops: float | None = None) -> str:
   return "\n".join(lines)
 
 
-TABLE_HEADER = ("| slice (topology) | HBM/chip | compute | remat | fits | total/chip | args | temps | "
-                "TFLOP/step | compile |\n|---|---|---|---|---|---|---|---|---|---|")
+TABLE_HEADER = ("| slice (topology) | HBM/chip | compute | remat | mesh | fits | total/chip | args | temps | "
+                "TFLOP/step | compile |\n|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def merge_table(text: str, head: str, rows: Sequence[str]) -> str:
   """Puts `rows` into the markdown table of `text` (a file written by `--table`, or "").
 
-  A row replaces the existing one for the same slice, compute dtype and remat; other rows
-  and any text after the table (notes) are kept, so separate runs add up to one table.
-  Rows are ordered by HBM per chip, slice, dtype (float32 first) and remat (off first).
+  A row replaces the existing one for the same slice, compute dtype, remat and mesh; other
+  rows and any text after the table (notes) are kept, so separate runs add up to one table.
+  Rows are ordered by HBM per chip, slice, dtype (float32 first), remat (off first) and mesh.
   The heading paragraph is replaced by `head`.
   """
-  key = lambda row: tuple(c.strip() for c in row.strip().strip("|").split("|")[:4])
+  key = lambda row: tuple(c.strip() for c in row.strip().strip("|").split("|")[:5])
 
   def order(row):
-    sl, hbm, dtype, remat = key(row)
+    sl, hbm, dtype, remat, mesh = key(row)
     try:
       gib = float(hbm.split()[0])
     except (ValueError, IndexError):
       gib = float("inf")
-    return gib, sl, dtype != "float32", remat != "off", remat
+    return gib, sl, dtype != "float32", remat != "off", remat, mesh
 
   lines = text.splitlines()
   old = [l for l in lines if l.startswith("| ") and not l.startswith("| slice")]
@@ -267,8 +267,13 @@ def merge_table(text: str, head: str, rows: Sequence[str]) -> str:
   return out + ("\n" + tail + "\n" if tail else "")
 
 
+def mesh_label(mesh_shape: dict[str, int]) -> str:
+  """'data 16', 'fsdp 16' or 'data 4 x fsdp 4' (axes of size 1 left out)."""
+  return " x ".join(f"{a} {n}" for a, n in mesh_shape.items() if n > 1) or "1 chip"
+
+
 def table_row(r: Result) -> str:
   s = r.train
   return (f"| {r.slice} (`{r.topology}`) | {r.hbm_bytes / GiB:.0f} GiB | {r.compute_dtype} | {r.remat or 'off'} | "
-          f"{'yes' if r.fits() else '**no**'} | {_gib(s.total)} | {_gib(s.argument)} | {_gib(s.temp)} | "
+          f"{mesh_label(r.mesh_shape)} | {'yes' if r.fits() else '**no**'} | {_gib(s.total)} | {_gib(s.argument)} | {_gib(s.temp)} | "
           f"{s.flops * r.num_chips / 1e12:.1f} | {s.compile_s:.0f} s |")

@@ -7,10 +7,16 @@ a directory with one step; a training workdir keeps one under `<workdir>/checkpo
 
 Params are stored as a nested dict keyed by the NNX path components as strings
 ("joint_encoder" / "audio_encoder1" / ... / "kernel"), which orbax round-trips exactly.
+
+Layout: the wav2vec2 layer stacks are stored as the model holds them, stacked
+(`DualTalkConfig.scan_layers`, the default) or one entry per layer; `model_config.json`
+records which (a file written before the field existed holds the unrolled layout).
+`restore_params(scan_layers=...)` converts to the layout asked for (exact).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -68,10 +74,15 @@ def abstract_params(model: nnx.Module) -> dict:
 
 
 def load_params_into(model: nnx.Module, params: Mapping) -> None:
-  """Writes a stored params tree into a concrete model; keys and shapes must match."""
-  from dualtalk_jax.convert.table import ConversionError, assign, path_str
+  """Writes a stored params tree into a concrete model; keys and shapes must match, after
+  converting the wav2vec2 layer layout (stacked / unrolled) to the model's if they differ."""
+  from dualtalk_jax.convert.table import ConversionError, assign, params_layout, path_str, to_layout
 
   flat = {path_str(p): v for p, v in flatten_tree(params).items()}
+  want = params_layout(path_str(p) for p, _ in nnx.to_flat_state(nnx.state(model, nnx.Param)))
+  have = params_layout(flat)
+  if want is not None and have is not None and want != have:
+    flat = to_layout(flat, want == "stacked")
   arrays, problems = {}, []
   for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
     key = path_str(path)
@@ -105,8 +116,26 @@ def resolve(path: str | os.PathLike) -> str:
 
 def read_model_config(path: str | os.PathLike) -> DualTalkConfig:
   root = resolve(path)
-  with open(os.path.join(root, MODEL_CONFIG)) as f:
-    return DualTalkConfig.from_dict(json.load(f))
+  file = os.path.join(root, MODEL_CONFIG)
+  try:
+    with open(file) as f:
+      d = json.load(f)
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{file}: not valid JSON ({e})") from None
+  d.setdefault("scan_layers", False)  # written before layer scanning: the unrolled layout
+  return DualTalkConfig.from_dict(d)
+
+
+def layout_name(scan_layers: bool) -> str:
+  return "stacked wav2vec2 layers (scan_layers=True)" if scan_layers else "unrolled wav2vec2 layers (scan_layers=False)"
+
+
+def to_layout(params: Mapping, scan_layers: bool) -> dict:
+  """A params tree in the stacked or the unrolled layer layout (host arrays; exact)."""
+  from dualtalk_jax.convert.table import path_str, to_layout as flat_to_layout
+
+  flat = {path_str(p): v for p, v in flatten_tree(params).items()}
+  return params_tree({tuple(k.split(".")): v for k, v in flat_to_layout(flat, scan_layers).items()})
 
 
 def write_model_config(root: str, cfg: DualTalkConfig) -> None:
@@ -145,14 +174,24 @@ def save_params(directory: str | os.PathLike, params: Mapping, cfg: DualTalkConf
   return directory
 
 
-def restore_params(path: str | os.PathLike, *, step: int | None = None, target: Mapping | None = None) -> tuple[dict, DualTalkConfig, int]:
+def restore_params(path: str | os.PathLike, *, step: int | None = None, target: Mapping | None = None,
+                   scan_layers: bool | None = None) -> tuple[dict, DualTalkConfig, int]:
   """(params tree, model config, step) from a checkpoint directory or a workdir's latest.
 
   `target` (an `abstract_params` tree) restores with its dtypes and shardings; without
-  it the arrays come back as host numpy arrays.
+  it the arrays come back as host numpy arrays. `scan_layers` (None = as stored) asks for
+  a param layout: a checkpoint of the other one is converted (exactly) and the returned
+  config says the layout asked for.
   """
   root = resolve(path)
   cfg = read_model_config(root)
+  if scan_layers is not None and bool(scan_layers) != cfg.scan_layers:
+    params, cfg, step = restore_params(root, step=step)
+    params = to_layout(params, bool(scan_layers))
+    if target is not None:
+      params = jax.tree.map(lambda x, t: jax.device_put(np.asarray(x, t.dtype), getattr(t, "sharding", None)),
+                            params, target)
+    return params, dataclasses.replace(cfg, scan_layers=bool(scan_layers)), step
   with ocp.CheckpointManager(root, item_names=("params",),
                              item_handlers={"params": ocp.StandardCheckpointHandler()}) as mgr:
     if step is None:
@@ -204,7 +243,12 @@ class TrainCheckpointer:
     if jax.process_index() == 0:
       for root in (self.root, self.best_root):
         if os.path.exists(os.path.join(root, MODEL_CONFIG)):
-          if read_model_config(root) != cfg:
+          stored = read_model_config(root)
+          if stored != cfg and dataclasses.replace(stored, scan_layers=cfg.scan_layers) == cfg:
+            raise ValueError(f"{root}: holds checkpoints with {layout_name(stored.scan_layers)}, the run uses "
+                             f"{layout_name(cfg.scan_layers)}; set the run's model scan_layers={stored.scan_layers} "
+                             "to resume it, or use a fresh workdir")
+          if stored != cfg:
             raise ValueError(f"{root}: holds checkpoints of a different model config; use a fresh workdir")
         else:
           write_model_config(root, cfg)

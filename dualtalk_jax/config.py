@@ -171,6 +171,11 @@ class DualTalkConfig:
   fps: int = 25
   ablation: str = ""  # a key of ABLATIONS; "" = the released model
   interaction_residual: bool = False  # not released: residual around interaction_module.self_attention
+  # Param layout of the two wav2vec2 encoders' layer stacks: True = one stacked module
+  # per encoder, run as a scan (`encoder.layers.<param>`, leading layer axis); False = a list
+  # of layers (`encoder.layers.{i}.<param>`), for debugging. Same values either way;
+  # checkpoints record it (a model_config.json without it holds the unrolled layout).
+  scan_layers: bool = True
 
   def __post_init__(self):
     if 2 * self.lstm_hidden != self.feature_dim:

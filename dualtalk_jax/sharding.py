@@ -5,7 +5,10 @@ The mesh has two axes: `data` (pure data parallelism: weights replicated) and `f
 The batch is split over both. Every parameter gets logical axis names from its role,
 and `RULES` maps logical names to mesh axes; change the rules, not the model, to shard
 differently. A dimension is only sharded when the mesh axis size divides it, so the
-tiny config runs on any mesh.
+tiny config runs on any mesh. Stacked (scanned) wav2vec2 layer params get their rule's
+axes behind a leading `layers` axis, which is never sharded (each scan step reads one
+layer whole). A rule whose rank does not fit its parameter is an error, not a silent
+replication.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ RULES: dict[str, str | None] = {
     "kernel_width": None,
     "norm": None,
     "vocab": None,
+    "layers": None,  # the leading axis of stacked layer params: never sharded
 }
 
 # (regex over the dotted param path, logical axes). First match wins.
@@ -36,12 +40,16 @@ PARAM_AXES: tuple[tuple[str, tuple[str, ...]], ...] = (
     (r".*conv_layers\.\d+\.conv\.kernel", ("kernel_width", "conv_in", "conv_out")),
     (r".*pos_conv_embed\.conv\.weight_v", ("conv_out", "conv_in", "kernel_width")),
     (r".*pos_conv_embed\.conv\.weight_g", ("norm", "norm", "kernel_width")),
-    # LSTM recurrent kernels (small) stay whole: sharded, every time step of the scan
-    # would need a collective.
+    # LSTM recurrent kernels (128 x 512) stay whole on every platform: sharded, each time
+    # step of the recurrence would gather them (and reduce their gradient) for a few KB.
     (r".*\.hh_l\d+(_reverse)?\.kernel", ("norm", "norm")),
     (r".*\.kernel", ("embed", "mlp")),
-    (r".*", ("norm",)),  # biases, LayerNorm scales, masked_spec_embed: replicated
+    (r".*\.(bias|scale|masked_spec_embed)", ("norm",)),  # replicated
 )
+
+
+class ShardingRuleError(ValueError):
+  """A sharding rule that does not fit a parameter (rank), or a parameter no rule names."""
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -62,12 +70,19 @@ def make_mesh(data: int = -1, fsdp: int = 1, devices: Sequence[jax.Device] | Non
 
 
 def logical_axes(path: str, ndim: int) -> tuple[str, ...]:
+  """The logical axes of a parameter (or an optimizer moment keyed like it) of rank `ndim`."""
+  from dualtalk_jax.convert.table import is_stacked
+
+  stacked = is_stacked(path)
   for pattern, axes in PARAM_AXES:
     if re.fullmatch(pattern, path):
-      if len(axes) == ndim:
-        return axes
-      return ("norm",) * ndim
-  return ("norm",) * ndim
+      if stacked:
+        axes = ("layers",) + axes
+      if len(axes) != ndim:
+        raise ShardingRuleError(f"sharding rule {pattern!r} gives {len(axes)} axes {axes} but parameter {path} "
+                                f"has rank {ndim}")
+      return axes
+  raise ShardingRuleError(f"no sharding rule (sharding.PARAM_AXES) matches parameter {path} (rank {ndim})")
 
 
 def param_spec(path: str, shape: Sequence[int], mesh: Mesh) -> P:
@@ -86,7 +101,8 @@ def param_spec(path: str, shape: Sequence[int], mesh: Mesh) -> P:
 def tree_shardings(tree, mesh: Mesh):
   """NamedShardings for a nested dict of params / optimizer moments keyed like params.
 
-  Leaves whose path does not end in a parameter name (scalars, counts) are replicated.
+  Scalar leaves (step, optimizer counts) are replicated; every other leaf must be named
+  by a rule of its rank (`ShardingRuleError` otherwise).
   """
   def one(keypath, leaf):
     shape = np.shape(leaf)

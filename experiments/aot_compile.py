@@ -40,8 +40,8 @@ def _table(config) -> None:
   head = (f"Train step of `python -m experiments.aot_compile {args} --topology=... --dtypes=... --remats=... "
           f"--table={_TABLE.value}` compiled ahead of time "
           f"(jax {jax.__version__}, libtpu): model `{c.model}`, global batch {c.batch_size} x "
-          f"{c.data.window_frames} frames, grad_accum {c.grad_accum}, mesh data={c.mesh.data} fsdp={c.mesh.fsdp}. "
-          "Memory is per chip, from XLA's memory analysis (arguments + outputs - donated + temporaries + code); "
+          f"{c.data.window_frames} frames, grad_accum {c.grad_accum}; mesh: chips per mesh axis (`data`: params "
+          "replicated, the default; `fsdp`: `--config.mesh.data=1 --config.mesh.fsdp=-1`). Memory is per chip, from XLA's memory analysis (arguments + outputs - donated + temporaries + code); "
           "TFLOP/step is XLA's cost analysis summed over chips; compile is wall time on a 2-core CPU host.\n\n")
   os.makedirs(os.path.dirname(os.path.abspath(_TABLE.value)), exist_ok=True)
   rows, flops_no_remat = [], {}

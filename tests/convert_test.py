@@ -1,5 +1,7 @@
 """Checkpoint conversion: exact round trips, output parity, the released key set, bad inputs."""
 
+import dataclasses
+import json
 import os
 import pathlib
 import subprocess
@@ -41,16 +43,66 @@ def assert_state_dicts_identical(a, b):
     assert torch.equal(a[k], b[k]), k
 
 
+@pytest.mark.parametrize("scan_layers", [True, False], ids=["stacked", "unrolled"])
 @pytest.mark.parametrize("weight_norm", ["new", "legacy"])
-def test_torch_jax_torch_is_bit_identical(tmp_path, weight_norm):
+def test_torch_jax_torch_is_bit_identical(tmp_path, weight_norm, scan_layers):
+  cfg = dataclasses.replace(TINY, scan_layers=scan_layers)
   sd = random_torch_model().state_dict()
   if weight_norm == "legacy":
     sd = legacy(sd)
   torch.save(sd, tmp_path / "in.pth")
-  pytorch.torch_to_checkpoint(str(tmp_path / "in.pth"), str(tmp_path / "ckpt"), TINY)
+  pytorch.torch_to_checkpoint(str(tmp_path / "in.pth"), str(tmp_path / "ckpt"), cfg)
+  params, stored, _ = checkpoint.restore_params(str(tmp_path / "ckpt"))
+  assert stored == cfg
+  layer = checkpoint.flatten_tree(params)
+  q = ("joint_encoder", "audio_encoder1", "encoder", "layers") + (() if scan_layers else ("1",)) + ("attention", "q_proj", "kernel")
+  want = sd["joint_encoder.audio_encoder1.encoder.layers.1.attention.q_proj.weight"].numpy().T
+  np.testing.assert_array_equal(layer[q][1] if scan_layers else layer[q], want)
   pytorch.checkpoint_to_torch(str(tmp_path / "ckpt"), str(tmp_path / "out.pth"), weight_norm=weight_norm)
   back = torch.load(tmp_path / "out.pth", weights_only=True)
   assert_state_dicts_identical(sd, back)
+  TorchDualTalk.from_config(TINY).load_state_dict(back if weight_norm == "new" else sd, strict=True)
+
+
+def test_checkpoint_layouts_convert_on_load(tmp_path):
+  """A checkpoint of one layer layout restores into the other exactly (restore_params and
+  load_params_into), and a model_config.json without `scan_layers` (written before layer
+  scanning) is read as the unrolled layout."""
+  torch.save(random_torch_model(2).state_dict(), tmp_path / "m.pth")
+  unrolled_cfg = dataclasses.replace(TINY, scan_layers=False)
+  pytorch.torch_to_checkpoint(str(tmp_path / "m.pth"), str(tmp_path / "stacked"), TINY)
+  pytorch.torch_to_checkpoint(str(tmp_path / "m.pth"), str(tmp_path / "old"), unrolled_cfg)
+  cfg_file = tmp_path / "old" / checkpoint.MODEL_CONFIG
+  d = json.loads(cfg_file.read_text())
+  del d["scan_layers"]
+  cfg_file.write_text(json.dumps(d))
+  assert checkpoint.read_model_config(str(tmp_path / "old")) == unrolled_cfg
+
+  flat = lambda params: {".".join(p): np.asarray(v) for p, v in checkpoint.flatten_tree(params).items()}
+  stacked, cfg_s, _ = checkpoint.restore_params(str(tmp_path / "stacked"))
+  unrolled, cfg_u, _ = checkpoint.restore_params(str(tmp_path / "old"))
+  as_stacked, cfg_us, _ = checkpoint.restore_params(str(tmp_path / "old"), scan_layers=True)
+  as_unrolled, cfg_su, _ = checkpoint.restore_params(str(tmp_path / "stacked"), scan_layers=False)
+  assert (cfg_s, cfg_u, cfg_us, cfg_su) == (TINY, unrolled_cfg, TINY, unrolled_cfg)
+  for want, got in ((flat(stacked), flat(as_stacked)), (flat(unrolled), flat(as_unrolled))):
+    assert want.keys() == got.keys()
+    for k in want:
+      np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+      assert got[k].dtype == want[k].dtype
+  assert "joint_encoder.audio_encoder2.encoder.layers.attention.k_proj.bias" in flat(stacked)
+  assert "joint_encoder.audio_encoder2.encoder.layers.1.attention.k_proj.bias" in flat(unrolled)
+
+  model = DualTalk(TINY, rngs=nnx.Rngs(0))  # stacked model, unrolled checkpoint
+  checkpoint.load_params_into(model, unrolled)
+  for k, v in flat(checkpoint.model_params(model)).items():
+    np.testing.assert_array_equal(v, flat(stacked)[k], err_msg=k)
+
+
+def test_resuming_a_workdir_of_the_other_layout_names_both(tmp_path):
+  checkpoint.TrainCheckpointer(str(tmp_path), dataclasses.replace(TINY, scan_layers=False)).close()
+  with pytest.raises(ValueError, match=r"unrolled wav2vec2 layers \(scan_layers=False\), the run uses stacked wav2vec2 "
+                                       r"layers \(scan_layers=True\)"):
+    checkpoint.TrainCheckpointer(str(tmp_path), TINY)
 
 
 def test_jax_torch_jax_gives_identical_nnx_state(tmp_path):
@@ -84,10 +136,11 @@ def test_converted_torch_model_gives_the_same_outputs(tmp_path):
 
 
 @pytest.mark.skipif(not TSV.exists(), reason="../shared is absent")
-def test_large_export_has_exactly_the_released_keys_and_shapes():
+@pytest.mark.parametrize("scan_layers", [True, False], ids=["stacked", "unrolled"])
+def test_large_export_has_exactly_the_released_keys_and_shapes(scan_layers):
   rows = [line.split("\t") for line in TSV.read_text().splitlines()[1:]]
   want = {k: tuple(int(x) for x in s.strip("()").split(",") if x.strip()) for k, s in rows}
-  got = table.torch_shapes(abstract_model(CONFIGS["large"]))
+  got = table.torch_shapes(abstract_model(dataclasses.replace(CONFIGS["large"], scan_layers=scan_layers)))
   assert got == want
   assert len(got) == 932
 

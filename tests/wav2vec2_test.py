@@ -10,6 +10,7 @@ from flax import nnx
 
 from dualtalk_jax.config import WAV2VEC2_TINY, Wav2Vec2Config
 from dualtalk_jax.models import wav2vec2 as w2v
+from dualtalk_jax.models import xla_cpu
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -216,7 +217,7 @@ def test_spec_augment_in_model():
   # nnx.view gives the same eval-mode output without touching the model.
   model.train()
   np.testing.assert_array_equal(np.asarray(fwd(nnx.view(model, deterministic=True), audio)), ref)
-  assert not model.deterministic and not model.encoder.layers[0].dropout.deterministic
+  assert not model.deterministic and not model.encoder.layers.dropout.deterministic
 
 
 def test_layerdrop_one_skips_all_layers():
@@ -254,6 +255,54 @@ def test_layerdrop_partial_and_dropout_under_jit():
   np.testing.assert_array_equal(np.asarray(fwd(model, audio)), np.asarray(fwd(model, audio)))
 
 
+def test_scanned_and_unrolled_layers_agree():
+  """scan_layers=True (stacked, nnx.scan) and False (a list): same init, same training-mode
+  draws (LayerDrop and dropout keys per layer), same outputs and gradients (remat: aot_test)."""
+  from dualtalk_jax.convert import table
+
+  cfg = dataclasses.replace(STABLE, layerdrop=0.4, num_hidden_layers=3)
+  make = lambda scan: w2v.Wav2Vec2Model(cfg, rngs=nnx.Rngs(params=0, dropout=1), scan_layers=scan)
+  scanned, unrolled = make(True), make(False)
+  flat = lambda m: {table.path_str(p): np.asarray(v[...]) for p, v in table.param_leaves(m)}
+  s, u = flat(scanned), flat(unrolled)
+  assert s["encoder.layers.attention.q_proj.kernel"].shape == (3, cfg.hidden_size, cfg.hidden_size)
+  assert "encoder.layers.2.attention.q_proj.kernel" in u
+  for name, v in table.to_layout(u, True).items():  # the layout transform is exact, and so is the init
+    np.testing.assert_array_equal(v, s[name], err_msg=name)
+  assert set(table.to_layout(s, False)) == set(u)
+
+  audio = jax.random.normal(jax.random.key(4), (2, 3500))
+  lens = jnp.asarray([3500, 3000])
+
+  def loss(m):
+    h, mask = m(audio, input_lengths=lens)
+    return jnp.sum(jnp.where(mask[..., None], h, 0.0) ** 2)
+
+  loss_and_grad = nnx.jit(nnx.value_and_grad(loss))
+  skipped = []
+  for seed in range(4):
+    got = []
+    for m in (scanned, unrolled):
+      m.train()
+      nnx.reseed(m, dropout=seed)
+      value, g = loss_and_grad(m)
+      got.append((float(value), {table.path_str(p): np.asarray(v[...]) for p, v in nnx.to_flat_state(g)}))
+    (ls, gs), (lu, gu) = got
+    assert abs(ls - lu) <= 1e-5 * abs(lu)
+    gu = table.to_layout(gu, True)
+    floor = 1e-6 * max(np.abs(v).max() for v in gu.values())  # grads that are 0 but for rounding (key biases)
+    for name in gs:
+      scale = np.abs(gu[name]).max() + floor
+      assert np.abs(gs[name] - gu[name]).max() <= 3e-3 * scale, name  # f32 rounding; another draw: O(1)
+    q = gs["encoder.layers.attention.q_proj.kernel"]
+    skipped.append({i for i in range(3) if not q[i].any()})  # LayerDrop skipped layer i: no gradient
+  assert any(skipped) and any(len(k) < 3 for k in skipped), skipped  # the test covers dropped and run layers
+  fwd = nnx.jit(lambda m: m(audio, input_lengths=lens)[0])
+  scanned.eval()
+  unrolled.eval()
+  np.testing.assert_allclose(np.asarray(fwd(scanned)), np.asarray(fwd(unrolled)), atol=TOL, rtol=0)
+
+
 def test_feature_extractor_gets_zero_gradient():
   model = w2v.Wav2Vec2Model(GROUP, rngs=nnx.Rngs(0))
   model.train()
@@ -267,7 +316,7 @@ def test_feature_extractor_gets_zero_gradient():
   fe = jax.tree.leaves(grads["feature_extractor"])
   assert fe and all(not np.asarray(g).any() for g in fe)
   for path in (("feature_projection", "projection", "kernel"), ("encoder", "pos_conv_embed", "conv", "weight_v"),
-               ("encoder", "layers", 0, "attention", "q_proj", "kernel")):
+               ("encoder", "layers", "attention", "q_proj", "kernel")):
     g = grads
     for p in path:
       g = g[p]
@@ -285,7 +334,7 @@ def test_grouped_conv1d_gradients_match_torch(k, groups):
   gy = rng.standard_normal((2, gy_t, c), dtype=np.float32)
 
   def f(x, w):
-    return jnp.sum(w2v.grouped_conv1d(x, w, pad, groups) * gy)
+    return jnp.sum(xla_cpu.grouped_conv1d(x, w, pad, groups) * gy)
 
   dx, dw = jax.jit(jax.grad(f, argnums=(0, 1)))(jnp.asarray(x), jnp.asarray(w))
   xt = torch.tensor(x.transpose(0, 2, 1), requires_grad=True)

@@ -18,6 +18,7 @@ temporary name and renamed when complete. torch is needed only for `.pth`/`.pt` 
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import os
@@ -307,12 +308,13 @@ def torch_to_checkpoint(input_path: str, output_dir: str, cfg: DualTalkConfig | 
 def checkpoint_to_torch(input_path: str, output: str, *, weight_norm: str = "new", overwrite: bool = False, cfg: DualTalkConfig | None = None) -> str:
   """Converts a checkpoint directory (or a workdir's latest) into a released-layout torch file.
 
-  `cfg`, when given, must equal the model config recorded in the checkpoint.
+  `cfg`, when given, must equal the model config recorded in the checkpoint (the layer
+  layout aside: both layouts export the same per-layer keys).
   """
   _atomic_target(output, overwrite)  # fail before the (slow) restore
   require_released(checkpoint.read_model_config(input_path), os.fspath(input_path))  # before the restore
   params, stored_cfg, _ = checkpoint.restore_params(input_path)
-  if cfg is not None and cfg != stored_cfg:
+  if cfg is not None and dataclasses.replace(cfg, scan_layers=stored_cfg.scan_layers) != stored_cfg:  # any layout
     raise table.ConversionError(f"{input_path}: holds a different model config than the one asked for")
   flat = {table.path_str(p): v for p, v in checkpoint.flatten_tree(params).items()}
   del params  # `flat` is now the only reference: converting it frees each input as it goes

@@ -18,6 +18,13 @@ plus one module rename, `blendshape_encoder.layers.{i}` <-> `blendshape_encoder.
 directions, and every key and shape is checked: unknown, missing or mis-shaped keys raise
 `ConversionError` listing them.
 
+Layer stacks: torch keys name each wav2vec2 encoder layer (`...encoder.layers.{i}.<rest>`).
+With `DualTalkConfig.scan_layers` (the default) the model holds each encoder's layers as
+one stacked leaf per parameter (`...encoder.layers.<rest>`, leading layer axis). The table
+rules are per layer: stacked leaves are split into per-layer views before the rules
+(`unstack_layers`) and per-layer arrays stacked after them (`stack_layers`), both exact.
+`to_layout` converts a whole params dict between the two layouts.
+
 Weight norm: torch < 2.1 saved `weight_g`/`weight_v` (as in the released checkpoint);
 newer torch saves `parametrizations.weight.original0/1`. Both are read; `weight_norm=`
 picks what is written ('new' by default, 'legacy').
@@ -60,6 +67,11 @@ _COMPILED = tuple((re.compile(p), t, k) for p, t, k in RULES)
 
 # Module renames applied to the JAX path before the rules (JAX regex, torch replacement).
 RENAMES: tuple[tuple[str, str], ...] = ((r"blendshape_encoder\.layers\.(\d+)\.", r"blendshape_encoder.\1."),)
+
+# A wav2vec2 encoder's layers: `encoder` is a whole path component (so the interaction
+# module's `interaction_encoder.layers.{i}` is not one of them).
+_LAYER = re.compile(r"((?:.*\.)?encoder\.layers)\.(\d+)\.(.+)")  # unrolled: one leaf per layer
+_STACKED = re.compile(r"((?:.*\.)?encoder\.layers)\.(?!\d+\.)(.+)")  # scanned: leading layer axis
 
 _LEGACY_WN = {"parametrizations.weight.original0": "weight_g", "parametrizations.weight.original1": "weight_v"}
 WEIGHT_NORM_NAMINGS = ("new", "legacy")
@@ -109,6 +121,61 @@ def build_entries(jax_paths: Iterable[str]) -> list[Entry]:
       paths = (parts[""],)
     entries.append(Entry(key, paths, g["transform"]))
   return entries
+
+
+def is_stacked(path: str) -> bool:
+  """Whether a dotted param path is a stacked (scanned) wav2vec2 layer leaf."""
+  return bool(_STACKED.fullmatch(path))
+
+
+def params_layout(paths: Iterable[str]) -> str | None:
+  """'stacked', 'unrolled' or None (no wav2vec2 layers) for a set of dotted param paths."""
+  kinds = {("stacked" if _STACKED.fullmatch(p) else "unrolled") for p in paths if _STACKED.fullmatch(p) or _LAYER.fullmatch(p)}
+  if len(kinds) > 1:
+    raise ConversionError("params mix the stacked and the unrolled wav2vec2 layer layouts")
+  return kinds.pop() if kinds else None
+
+
+def unstack_layers(flat: Mapping[str, Any]) -> dict[str, Any]:
+  """{dotted path: array} with stacked layer leaves split into per-layer entries
+  (`...encoder.layers.{i}.<rest>`, views where the input allows); other entries unchanged."""
+  out = {}
+  for path, value in flat.items():
+    m = _STACKED.fullmatch(path)
+    if m is None:
+      out[path] = value
+    else:
+      for i in range(value.shape[0]):
+        out[f"{m.group(1)}.{i}.{m.group(2)}"] = value[i]
+  return out
+
+
+def _layer_groups(paths: Iterable[str]) -> dict[str, dict[int, str]]:
+  """{stacked path: {layer index: per-layer path}} for the per-layer paths among `paths`."""
+  groups: dict[str, dict[int, str]] = {}
+  for path in paths:
+    m = _LAYER.fullmatch(path)
+    if m is not None:
+      groups.setdefault(f"{m.group(1)}.{m.group(3)}", {})[int(m.group(2))] = path
+  for stacked, layers in groups.items():
+    if sorted(layers) != list(range(len(layers))):
+      raise ConversionError(f"{stacked}: layers {sorted(layers)} are not 0..{len(layers) - 1}")
+  return groups
+
+
+def stack_layers(flat: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """{dotted path: array} with per-layer entries stacked into one leaf per parameter (numpy)."""
+  groups = _layer_groups(flat)
+  members = {p for layers in groups.values() for p in layers.values()}
+  out = {p: v for p, v in flat.items() if p not in members}
+  for stacked, layers in groups.items():
+    out[stacked] = np.stack([np.asarray(flat[layers[i]]) for i in range(len(layers))])
+  return out
+
+
+def to_layout(flat: Mapping[str, Any], scan_layers: bool) -> dict[str, Any]:
+  """{dotted path: array} in the stacked (`scan_layers`) or unrolled layout; exact."""
+  return stack_layers(flat) if scan_layers else unstack_layers(flat)
 
 
 def _to_torch_layout(transform: str, arrays: list[np.ndarray]) -> np.ndarray:
@@ -192,9 +259,23 @@ def torch_to_jax(
   raise one ConversionError that lists them, naming `source`. `release(tensor)` is
   called on each source tensor once it is converted (e.g. to drop its mmapped pages).
   """
-  leaves = param_leaves(model)
-  by_path = {path_str(p): (p, v) for p, v in leaves}
-  entries = build_entries(by_path)
+  # Per-layer (torch) view of the model's leaves: {path: (shape, dtype)}, and for each
+  # stacked leaf a numpy buffer that the per-layer tensors are written into.
+  specs, buffers, into = {}, {}, {}
+  for p, v in param_leaves(model):
+    name = path_str(p)
+    m = _STACKED.fullmatch(name)
+    if m is None:
+      specs[name] = (tuple(v.shape), v.dtype)
+      into[name] = (p, None)
+      continue
+    buffers[p] = None
+    for i in range(v.shape[0]):
+      layer_path = f"{m.group(1)}.{i}.{m.group(2)}"
+      specs[layer_path] = (tuple(v.shape[1:]), v.dtype)
+      into[layer_path] = (p, i)
+  stacked_shapes = {p: v.shape for p, v in param_leaves(model) if p in buffers}
+  entries = build_entries(specs)
   sd = {}
   for k in state_dict:
     ck = canonical_key(k)
@@ -209,17 +290,23 @@ def torch_to_jax(
   for e in entries:
     if e.torch_key not in sd:
       continue
-    shapes = [tuple(by_path[p][1].shape) for p in e.jax_paths]
+    shapes = [specs[p][0] for p in e.jax_paths]
     want = _expected_torch_shape(e.transform, shapes)
     t = state_dict[sd[e.torch_key]]
     if tuple(t.shape) != want:
       bad_shapes.append(f"{sd[e.torch_key]}: {tuple(t.shape)}, expected {want}")
       continue
     for p, arr in zip(e.jax_paths, _from_torch_layout(e.transform, to_numpy(t), len(e.jax_paths))):
-      path, var = by_path[p]
-      # A device copy: releases the (memory-mapped) source, and orbax saves jax arrays
-      # with far less extra host memory than numpy ones.
-      out[path] = jnp.array(arr, dtype=var.dtype)
+      path, layer = into[p]
+      dtype = specs[p][1]
+      if layer is None:
+        # A device copy: releases the (memory-mapped) source, and orbax saves jax arrays
+        # with far less extra host memory than numpy ones.
+        out[path] = jnp.array(arr, dtype=dtype)
+      else:  # one layer of a stacked leaf: a host copy into its buffer
+        if buffers[path] is None:
+          buffers[path] = np.empty(stacked_shapes[path], dtype)
+        buffers[path][layer] = arr
     if release is not None:
       release(t)
   problems = []
@@ -231,6 +318,8 @@ def torch_to_jax(
     problems.append(f"{len(bad_shapes)} mis-shaped key(s): {'; '.join(bad_shapes[:20])}")
   if problems:
     raise ConversionError(f"{source} does not match the model: " + " | ".join(problems))
+  for path in list(buffers):
+    out[path] = jnp.asarray(buffers.pop(path))
   return out
 
 
@@ -245,6 +334,8 @@ def jax_to_torch(params: nnx.Module | Mapping[str, Any], *, weight_norm: str = "
     params = {path_str(p): v[...] for p, v in param_leaves(params)}
   if not consume:
     params = dict(params)
+  stacked = [p for p in params if _STACKED.fullmatch(p)]  # -> per-layer views of one host array each
+  params.update(unstack_layers({p: np.asarray(params.pop(p)) for p in stacked}))
   out = {}
   for e in build_entries(params):
     leaves = [np.asarray(params.pop(p)) for p in e.jax_paths]
@@ -265,7 +356,8 @@ def assign(model: nnx.Module, arrays: Mapping[tuple, Any]) -> None:
 
 def torch_shapes(model: nnx.Module, *, weight_norm: str = "new") -> dict[str, tuple[int, ...]]:
   """The torch key -> shape map a model exports to, from shapes alone (works on abstract models)."""
-  shapes = {path_str(p): tuple(v.shape) for p, v in param_leaves(model)}
+  shapes = {path_str(p): np.broadcast_to(np.uint8(0), v.shape) for p, v in param_leaves(model)}
+  shapes = {p: a.shape for p, a in unstack_layers(shapes).items()}  # views of one byte
   return {
       output_key(e.torch_key, weight_norm): _expected_torch_shape(e.transform, [shapes[p] for p in e.jax_paths])
       for e in build_entries(shapes)

@@ -22,7 +22,8 @@ encoders, as `pretrained_wav2vec2` does for training).
 
 Fingerprint (`encoder_fingerprint`): sha256 over the wav2vec2 config fields that the
 eval-mode forward pass depends on (dropout, LayerDrop and SpecAugment settings excluded)
-and every encoder param in sorted path order (path, dtype, shape, little-endian bytes),
+and every encoder param in sorted path order (path, dtype, shape, little-endian bytes;
+the unrolled layer layout, whatever the model's `scan_layers`),
 except `masked_spec_embed`, which only SpecAugment reads (HF checkpoints may omit it, and
 then it is the random init of whoever loads them). `fingerprint` = sha256 of
 "<encoder1>:<encoder2>". The training loop recomputes it from the run's params (after
@@ -78,10 +79,14 @@ def encoder_fingerprint(params: Mapping, config) -> str:
   `params` is the encoder's nested params dict (`params["joint_encoder"]["audio_encoder1"]`
   of a checkpoint tree, or `checkpoint.model_params(encoder)`), host or device arrays."""
   from dualtalk_jax import checkpoint
+  from dualtalk_jax.convert import table
 
   h = hashlib.sha256()
   h.update(json.dumps(eval_config(config), sort_keys=True).encode())
-  flat = checkpoint.flatten_tree(params)
+  # Hashed in the unrolled layer layout, so the stacked and the unrolled layout of the
+  # same weights (and caches made before layer scanning) share a fingerprint.
+  flat = {tuple(k.split(".")): v for k, v in table.unstack_layers(
+      {".".join(p): np.asarray(v) for p, v in checkpoint.flatten_tree(params).items()}).items()}
   for path in sorted(flat):
     if tuple(path) in UNUSED_PARAMS:
       continue
@@ -138,7 +143,7 @@ def load_weights(source: str) -> EncoderWeights:
   source = os.path.abspath(os.fspath(source))
   kind = source_kind(source)
   if kind == "dualtalk_checkpoint":
-    params, cfg, step = checkpoint.restore_params(source)
+    params, cfg, step = checkpoint.restore_params(source, scan_layers=True)  # as `make_encode_fn` builds it
     enc = params["joint_encoder"]
     return EncoderWeights((enc[ENCODERS[0]], enc[ENCODERS[1]]), cfg.wav2vec2, source, kind, int(step))
   if kind == "hf_wav2vec2":

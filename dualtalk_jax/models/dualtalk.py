@@ -85,9 +85,9 @@ class JointEncoder(nnx.Module):
     kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
     self.use_mfcc = not cfg.uses_wav2vec2
     if cfg.uses_wav2vec2:
-      self.audio_encoder1 = Wav2Vec2Model(cfg.wav2vec2, remat=remat, **kw)
+      self.audio_encoder1 = Wav2Vec2Model(cfg.wav2vec2, remat=remat, scan_layers=cfg.scan_layers, **kw)
       if cfg.uses_partner_speech:
-        self.audio_encoder2 = Wav2Vec2Model(cfg.wav2vec2, remat=remat, **kw)
+        self.audio_encoder2 = Wav2Vec2Model(cfg.wav2vec2, remat=remat, scan_layers=cfg.scan_layers, **kw)
     audio_dim = cfg.wav2vec2.hidden_size if cfg.uses_wav2vec2 else mfcc.NUM_COEFFS
     self.audio_projection = layers.torch_linear(audio_dim, cfg.feature_dim, **kw)
     if cfg.uses_partner_motion:
@@ -177,7 +177,12 @@ class TemporalEnhancer(nnx.Module):
 
 
 class InteractionModule(nnx.Module):
-  """`interaction_module`: DualSpeakerInteractionModule."""
+  """`interaction_module`: DualSpeakerInteractionModule.
+
+  Its 3 transformer layers (and the synthesis module's 1 decoder layer) stay a list, unlike
+  the 2 x 24 wav2vec2 layers (`DualTalkConfig.scan_layers`): 4 layers of width 512 against 48
+  of width 1024, so scanning them would save little compile time and would cost a second
+  param layout for these modules in every converter."""
 
   def __init__(self, cfg: DualTalkConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32,
                remat: str = ""):

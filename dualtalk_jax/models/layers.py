@@ -34,13 +34,19 @@ def check_remat(remat: str) -> str:
   return remat
 
 
-def call_layer(layer, remat: str, *args):
-  """`layer(*args)`, under `nnx.remat` with the named `jax.checkpoint_policies` policy when
-  `remat` is set (activations inside the layer are recomputed in the backward pass)."""
+def call_layer(fn, layer, remat: str, *args, in_scan: bool = False):
+  """`fn(layer, *args)`, under `nnx.remat` with the named `jax.checkpoint_policies` policy
+  when `remat` is set (activations inside are recomputed in the backward pass). `in_scan`:
+  the call is a scan's body, where XLA cannot CSE the recomputation away, so jax's
+  `prevent_cse` guard (costly there) is dropped, as `jax.checkpoint` recommends."""
   if not remat:
-    return layer(*args)
+    return fn(layer, *args)
   policy = getattr(jax.checkpoint_policies, remat)
-  return nnx.remat(lambda m, *a: m(*a), policy=policy)(layer, *args)
+  return nnx.remat(fn, policy=policy, prevent_cse=not in_scan)(layer, *args)
+
+
+def _call(layer, *args):
+  return layer(*args)
 
 
 def _uniform(bound: float):
@@ -185,7 +191,7 @@ class TransformerEncoder(nnx.Module):
 
   def __call__(self, x, mask=None):
     for layer in self.layers:
-      x = call_layer(layer, self.remat, x, mask)
+      x = call_layer(_call, layer, self.remat, x, mask)
     return x
 
 
@@ -199,7 +205,7 @@ class TransformerDecoder(nnx.Module):
   def __call__(self, tgt, memory, tgt_mask=None, memory_mask=None):
     x = tgt
     for layer in self.layers:
-      x = call_layer(layer, self.remat, x, memory, tgt_mask, memory_mask)
+      x = call_layer(_call, layer, self.remat, x, memory, tgt_mask, memory_mask)
     return x
 
 

@@ -26,8 +26,9 @@ Differences from the stock HF forward, all deliberate:
   * The feature extractor output is wrapped in `jax.lax.stop_gradient` (it is frozen in
     DualTalk training); set `model.freeze_feature_encoder = False` to train it.
 
-Randomness (training mode only): every `nnx.Dropout`, SpecAugment and LayerDrop draw
-from streams forked at construction from the `'dropout'` stream of the `rngs` passed in
+Randomness (training mode only): the `nnx.Dropout`s outside the encoder layers, SpecAugment
+and the encoder's per-layer keys (LayerDrop and the layers' dropouts, see `Wav2Vec2Encoder`)
+draw from streams forked at construction from the `'dropout'` stream of the `rngs` passed in
 (falling back to `'default'`, as `nnx.Rngs` does); parameters are initialised from the
 `'params'` stream (same fallback). So `nnx.Rngs(0)` or `nnx.Rngs(params=0, dropout=1)`
 both work. The stored streams advance on every training call (under `nnx.jit` too);
@@ -51,7 +52,6 @@ bias; LayerNorm/GroupNorm ones/zeros; `masked_spec_embed` uniform [0, 1).
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any
 
@@ -60,6 +60,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dualtalk_jax.config import Wav2Vec2Config
+from dualtalk_jax.models import xla_cpu
 from dualtalk_jax.models.layers import call_layer, check_remat
 
 Array = jax.Array
@@ -288,59 +289,6 @@ class Wav2Vec2FeatureProjection(nnx.Module):
     return self.dropout(self.projection(self.layer_norm(x)))
 
 
-def _grouped_conv1d(x: Array, w: Array, padding: int, groups: int, precision) -> Array:
-  return jax.lax.conv_general_dilated(
-      x, w, window_strides=(1,), padding=[(padding, padding)], dimension_numbers=("NWC", "OIW", "NWC"),
-      feature_group_count=groups, precision=precision)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _grouped_conv1d_tap_wgrad(x, w, padding, groups, precision):
-  return _grouped_conv1d(x, w, padding, groups, precision)
-
-
-def _tap_wgrad_fwd(x, w, padding, groups, precision):
-  return _grouped_conv1d(x, w, padding, groups, precision), (x, w)
-
-
-def _tap_wgrad_bwd(padding, groups, precision, res, gy):
-  x, w = res
-  _, vjp_x = jax.vjp(lambda x_: _grouped_conv1d(x_, w, padding, groups, precision), x)
-  (dx,) = vjp_x(gy)
-  o, cg, k = w.shape
-  b, t, c = x.shape
-  t_out = gy.shape[1]
-  xp = jnp.pad(x, ((0, 0), (padding, padding), (0, 0))).reshape(b, t + 2 * padding, groups, c // groups)
-  g = gy.reshape(b, t_out, groups, o // groups)
-
-  def tap(j):  # dw[:, :, j] = sum over (b, t) of gy[b, t, o] * xp[b, t + j, i], per group
-    xs = jax.lax.dynamic_slice_in_dim(xp, j, t_out, axis=1)
-    return jnp.einsum("btgi,btgo->bgoi", xs, g, precision=precision, preferred_element_type=jnp.float32)
-
-  # The batch is summed after the loop, not in it: with a sharded batch, a sum inside would
-  # put a collective in the loop body (see Wav2Vec2Encoder.__call__ on XLA:CPU).
-  dw = jax.lax.map(tap, jnp.arange(k)).sum(axis=1).transpose(1, 2, 3, 0).reshape(o, cg, k)
-  return dx, dw.astype(w.dtype)
-
-
-_grouped_conv1d_tap_wgrad.defvjp(_tap_wgrad_fwd, _tap_wgrad_bwd)
-
-
-def grouped_conv1d(x: Array, w: Array, padding: int, groups: int, precision=None) -> Array:
-  """(B, T, C) x (O, C // groups, K) torch-layout kernel -> (B, T + 2 padding - K + 1, O).
-
-  On CPU the weight gradient is computed as K batched matmuls (one per kernel tap): XLA:CPU's
-  own backward-filter pass for a grouped conv is very slow (wav2vec2's positional conv,
-  1024 channels, 16 groups, K=128, 200 frames: 1.78 s against 0.05 s; torch 0.09 s for
-  forward and backward). Other platforms keep XLA's conv gradient. Values agree to float
-  rounding. The CPU gradient holds K x B x C x C / groups floats before summing the batch
-  (large, K=128: 33.5 MB per batch row)."""
-  return jax.lax.platform_dependent(
-      x, w,
-      cpu=lambda x_, w_: _grouped_conv1d_tap_wgrad(x_, w_, padding, groups, precision),
-      default=lambda x_, w_: _grouped_conv1d(x_, w_, padding, groups, precision))
-
-
 class WeightNormConv1d(nnx.Module):
   """Grouped 1-D conv with torch weight normalisation (dim=2), params in torch layout.
 
@@ -370,7 +318,7 @@ class WeightNormConv1d(nnx.Module):
 
   def __call__(self, x: Array) -> Array:
     w = self.weight().astype(self.dtype)
-    y = grouped_conv1d(x.astype(self.dtype), w, self.padding, self.groups, self.precision)
+    y = xla_cpu.grouped_conv1d(x.astype(self.dtype), w, self.padding, self.groups, self.precision)
     return y + self.bias[...].astype(self.dtype)
 
 
@@ -410,9 +358,9 @@ class Wav2Vec2Attention(nnx.Module):
     self.v_proj = lin()
     self.q_proj = lin()
     self.out_proj = lin()
-    self.attn_dropout = nnx.Dropout(config.attention_dropout, rngs=rngs)
+    self.attn_dropout = nnx.Dropout(config.attention_dropout)  # key per call (Wav2Vec2EncoderLayer)
 
-  def __call__(self, x: Array, key_mask: Array | None = None) -> Array:
+  def __call__(self, x: Array, key_mask: Array | None = None, dropout_key: Array | None = None) -> Array:
     b, t, _ = x.shape
     shape = (b, t, self.num_heads, self.head_dim)
     q = self.q_proj(x).reshape(shape)
@@ -423,7 +371,7 @@ class Wav2Vec2Attention(nnx.Module):
     if key_mask is not None:
       scores = jnp.where(key_mask[:, None, None, :], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1)
-    probs = self.attn_dropout(probs)
+    probs = self.attn_dropout(probs, rngs=dropout_key)
     out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v, precision=self.precision)
     return self.out_proj(out.reshape(b, t, -1))
 
@@ -434,18 +382,21 @@ class Wav2Vec2FeedForward(nnx.Module):
                precision=None):
     kw = dict(kernel_init=_normal(0.02), bias_init=nnx.initializers.zeros_init(), dtype=dtype, param_dtype=param_dtype,
               precision=precision, rngs=rngs)
-    self.intermediate_dropout = nnx.Dropout(config.activation_dropout, rngs=rngs)
+    self.intermediate_dropout = nnx.Dropout(config.activation_dropout)  # keys per call
     self.intermediate_dense = nnx.Linear(config.hidden_size, config.intermediate_size, **kw)
     self.output_dense = nnx.Linear(config.intermediate_size, config.hidden_size, **kw)
-    self.output_dropout = nnx.Dropout(config.hidden_dropout, rngs=rngs)
+    self.output_dropout = nnx.Dropout(config.hidden_dropout)
 
-  def __call__(self, x: Array) -> Array:
-    x = self.intermediate_dropout(gelu(self.intermediate_dense(x)))
-    return self.output_dropout(self.output_dense(x))
+  def __call__(self, x: Array, dropout_keys: tuple[Array | None, Array | None] = (None, None)) -> Array:
+    x = self.intermediate_dropout(gelu(self.intermediate_dense(x)), rngs=dropout_keys[0])
+    return self.output_dropout(self.output_dense(x), rngs=dropout_keys[1])
 
 
 class Wav2Vec2EncoderLayer(nnx.Module):
-  """HF Wav2Vec2EncoderLayer (post-LN) or, with `stable=True`, ...StableLayerNorm (pre-LN)."""
+  """HF Wav2Vec2EncoderLayer (post-LN) or, with `stable=True`, ...StableLayerNorm (pre-LN).
+
+  Its four dropouts hold no rng stream: in training mode the layer takes one key per call
+  (`Wav2Vec2Encoder` hands each layer its own), so a stack of layers can be scanned."""
 
   def __init__(self, config: Wav2Vec2Config, *, stable: bool, rngs: nnx.Rngs, dtype=jnp.float32,
                param_dtype=jnp.float32, precision=None):
@@ -453,47 +404,91 @@ class Wav2Vec2EncoderLayer(nnx.Module):
     kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
     ln = dict(epsilon=config.layer_norm_eps, use_fast_variance=False, **kw)
     self.attention = Wav2Vec2Attention(config, precision=precision, **kw)
-    self.dropout = nnx.Dropout(config.hidden_dropout, rngs=rngs)
+    self.dropout = nnx.Dropout(config.hidden_dropout)
     self.layer_norm = nnx.LayerNorm(config.hidden_size, **ln)
     self.feed_forward = Wav2Vec2FeedForward(config, precision=precision, **kw)
     self.final_layer_norm = nnx.LayerNorm(config.hidden_size, **ln)
 
-  def __call__(self, x: Array, key_mask: Array | None = None) -> Array:
+  def __call__(self, x: Array, key_mask: Array | None = None, key: Array | None = None) -> Array:
+    """`key`: the layer's dropout key (training mode; None in eval mode)."""
+    k_attn, k_hidden, k_inter, k_out = (None,) * 4 if key is None else tuple(jax.random.split(key, 4))
+    ff_keys = (k_inter, k_out)
     if self.stable:
-      h = self.dropout(self.attention(self.layer_norm(x), key_mask))
+      h = self.dropout(self.attention(self.layer_norm(x), key_mask, k_attn), rngs=k_hidden)
       x = x + h
-      return x + self.feed_forward(self.final_layer_norm(x))
-    h = self.dropout(self.attention(x, key_mask))
+      return x + self.feed_forward(self.final_layer_norm(x), ff_keys)
+    h = self.dropout(self.attention(x, key_mask, k_attn), rngs=k_hidden)
     x = self.layer_norm(x + h)
-    x = x + self.feed_forward(x)
+    x = x + self.feed_forward(x, ff_keys)
     return self.final_layer_norm(x)
 
 
 class Wav2Vec2Encoder(nnx.Module):
   """HF Wav2Vec2Encoder / Wav2Vec2EncoderStableLayerNorm (by config.do_stable_layer_norm).
 
+  `scan_layers` (default) stores the layers as one `Wav2Vec2EncoderLayer` whose params have
+  a leading layer axis (`layers.attention.q_proj.kernel` is (L, H, H); built with
+  `nnx.vmap`) and runs them as one `nnx.scan`: XLA compiles one layer instead of L (the
+  large step's compile time). `scan_layers=False` keeps `layers` as a list of L modules
+  (`layers.{i}....`), run one after the other, for debugging. Same values, same random
+  draws and same init either way; only the param layout differs
+  (`dualtalk_jax.convert.table.to_layout` converts one into the other exactly).
+
+  Training-mode randomness per call: one key from the encoder's LayerDrop stream, split
+  into one key per layer; a layer's key gives its LayerDrop draw (one uniform per layer,
+  as HF) and its dropout keys. Both are scanned inputs, so they are a pure function of the
+  stream (reseeded every train step). `remat` wraps each layer (the scanned body).
   `deterministic` (toggled by `.train()` / `.eval()`) switches LayerDrop.
   """
 
   def __init__(self, config: Wav2Vec2Config, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32,
-               precision=None, remat: str = ""):
+               precision=None, remat: str = "", scan_layers: bool = True):
     self.stable = config.do_stable_layer_norm
     self.layerdrop = float(config.layerdrop)
     self.deterministic = False
     self.remat = check_remat(remat)  # "" or a jax.checkpoint_policies name, per layer
+    self.scan_layers = bool(scan_layers)
+    self.num_layers = config.num_hidden_layers
     kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype, precision=precision)
     self.pos_conv_embed = Wav2Vec2PositionalConvEmbedding(config, **kw)
     self.layer_norm = nnx.LayerNorm(config.hidden_size, epsilon=config.layer_norm_eps, use_fast_variance=False,
                                     rngs=rngs, dtype=dtype, param_dtype=param_dtype)
     self.dropout = nnx.Dropout(config.hidden_dropout, rngs=rngs)
-    self.layers = nnx.List([Wav2Vec2EncoderLayer(config, stable=self.stable, **kw)
-                            for _ in range(config.num_hidden_layers)])
-    self.rngs = rngs["dropout"].fork()  # LayerDrop draws
+
+    def make_layer(key):
+      return Wav2Vec2EncoderLayer(config, stable=self.stable, rngs=nnx.Rngs(params=key), dtype=dtype,
+                                  param_dtype=param_dtype, precision=precision)
+
+    keys = jax.random.split(_params_key(rngs), self.num_layers)  # layer i's init: keys[i], in both layouts
+    if self.scan_layers:
+      self.layers = nnx.vmap(make_layer, in_axes=0, out_axes=0)(keys)
+    else:
+      self.layers = nnx.List([make_layer(k) for k in keys])
+    self.rngs = rngs["dropout"].fork()  # LayerDrop and layer dropout draws
 
   def set_view(self, deterministic: bool | None = None):
     """Used by `nnx.view`."""
     if deterministic is not None:
       self.deterministic = deterministic
+
+  def _layer_inputs(self) -> tuple[Array, Array] | None:
+    """Per-layer (dropout key (L,), LayerDrop skip (L,) bool) in training mode; None in eval mode."""
+    if self.deterministic:
+      return None
+    keys = jax.random.split(self.rngs(), self.num_layers)
+    k_skip, k_layer = jnp.moveaxis(jax.vmap(jax.random.split)(keys), 1, 0)
+    skip = jax.vmap(jax.random.uniform)(k_skip) < self.layerdrop  # one draw per layer, as HF
+    return k_layer, skip
+
+  def _run_layer(self, layer: Wav2Vec2EncoderLayer, x: Array, frame_mask: Array | None, key: Array | None,
+                 skip: Array | None) -> Array:
+    """One layer with its LayerDrop, under `remat` when set (the scanned body)."""
+    def step(layer, x, frame_mask, key, skip):
+      if skip is None or self.layerdrop <= 0.0:
+        return layer(x, frame_mask, key)
+      return xla_cpu.skip_layer_or_run(skip, lambda x_: layer(x_, frame_mask, key), x)
+
+    return call_layer(step, layer, self.remat, x, frame_mask, key, skip, in_scan=self.scan_layers)
 
   def __call__(self, x: Array, frame_mask: Array | None = None) -> Array:
     if frame_mask is not None:
@@ -502,22 +497,18 @@ class Wav2Vec2Encoder(nnx.Module):
     if not self.stable:
       x = self.layer_norm(x)
     x = self.dropout(x)
-    use_layerdrop = (not self.deterministic) and self.layerdrop > 0.0
-    if use_layerdrop:
-      # XLA:CPU runs a conditional's collectives beside the rest of the program, and with
-      # several virtual CPU devices that can leave a device without a thread (a deadlock that
-      # XLA aborts after 40 s). So on CPU the layer always runs and `where` drops its output
-      # (the predicate below is a constant False there, and XLA inlines the branch); other
-      # platforms skip the layer's compute. Same values either way.
-      on_cpu = jax.lax.platform_dependent(cpu=lambda: jnp.bool_(True), default=lambda: jnp.bool_(False))
-    for layer in self.layers:
-      if use_layerdrop:
-        skip = jax.random.uniform(self.rngs()) < self.layerdrop  # one draw per layer, as HF
-        y = nnx.cond(skip & ~on_cpu, lambda layer, x, m: x, lambda layer, x, m: call_layer(layer, self.remat, x, m),
-                     layer, x, frame_mask)
-        x = jnp.where(skip, x, y)
-      else:
-        x = call_layer(layer, self.remat, x, frame_mask)
+    per_layer = self._layer_inputs()
+    if self.scan_layers:
+      @nnx.scan(in_axes=(0, nnx.Carry, None, 0), out_axes=nnx.Carry)
+      def run_all(layer, x, frame_mask, per_layer):
+        key, skip = (None, None) if per_layer is None else per_layer
+        return self._run_layer(layer, x, frame_mask, key, skip)
+
+      x = run_all(self.layers, x, frame_mask, per_layer)
+    else:
+      for i, layer in enumerate(self.layers):
+        key, skip = (None, None) if per_layer is None else (per_layer[0][i], per_layer[1][i])
+        x = self._run_layer(layer, x, frame_mask, key, skip)
     if self.stable:
       x = self.layer_norm(x)
     return x
@@ -533,9 +524,10 @@ class Wav2Vec2Model(nnx.Module):
 
   Submodules (HF names): `feature_extractor.conv_layers[i].{conv, layer_norm}`,
   `feature_projection.{layer_norm, projection, dropout}`, `masked_spec_embed`,
-  `encoder.{pos_conv_embed.conv.{weight_g, weight_v, bias}, layer_norm, dropout, layers[i]}`,
-  each layer `{attention.{q,k,v,out}_proj, dropout, layer_norm, feed_forward.{intermediate_dense,
-  intermediate_dropout, output_dense, output_dropout}, final_layer_norm}`.
+  `encoder.{pos_conv_embed.conv.{weight_g, weight_v, bias}, layer_norm, dropout, layers}`,
+  `layers` (one stacked module, or a list with `scan_layers=False`) `{attention.{q,k,v,out}_proj,
+  dropout, layer_norm, feed_forward.{intermediate_dense, intermediate_dropout, output_dense,
+  output_dropout}, final_layer_norm}`.
 
   Rng streams: 'params' (init) and 'dropout' (dropout, SpecAugment, LayerDrop; forked
   at construction and stored in the modules). `deterministic` (toggled by `.train()` /
@@ -543,10 +535,12 @@ class Wav2Vec2Model(nnx.Module):
   """
 
   def __init__(self, config: Wav2Vec2Config, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32,
-               precision=None, freeze_feature_encoder: bool = True, remat: str = ""):
+               precision=None, freeze_feature_encoder: bool = True, remat: str = "", scan_layers: bool = True):
     """`dtype` is the compute dtype (norm statistics and softmax stay float32); `precision`
     is passed to every matmul/conv (e.g. `jax.lax.Precision.HIGHEST` for f32 parity on GPU);
-    `remat` ("" = off) a `jax.checkpoint_policies` name for each encoder layer."""
+    `remat` ("" = off) a `jax.checkpoint_policies` name for each encoder layer;
+    `scan_layers`: the encoder layers stacked and scanned (default) or a list of modules
+    (see `Wav2Vec2Encoder`; it changes the param layout, not the values)."""
     self.config = config
     self.dtype = dtype
     self.deterministic = False
@@ -555,7 +549,7 @@ class Wav2Vec2Model(nnx.Module):
     self.feature_extractor = Wav2Vec2FeatureEncoder(config, **kw)
     self.feature_projection = Wav2Vec2FeatureProjection(config, **kw)
     self.masked_spec_embed = nnx.Param(jax.random.uniform(_params_key(rngs), (config.hidden_size,), param_dtype))
-    self.encoder = Wav2Vec2Encoder(config, remat=remat, **kw)
+    self.encoder = Wav2Vec2Encoder(config, remat=remat, scan_layers=scan_layers, **kw)
     self.rngs = rngs["dropout"].fork()  # SpecAugment draws
 
   def set_view(self, deterministic: bool | None = None):

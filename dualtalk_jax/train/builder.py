@@ -30,9 +30,10 @@ from dualtalk_jax.train import step as step_lib
 
 
 def model_config(config: ml_collections.ConfigDict) -> DualTalkConfig:
-  """The run's model: `config.model`, `wav2vec2_config`, `ablation`, `interaction_residual`."""
-  return get_model_config(config.model, config.get("wav2vec2_config") or None, ablation=config.get("ablation", ""),
-                          interaction_residual=config.get("interaction_residual", False))
+  """The run's model: `config.model`, `wav2vec2_config`, `ablation`, `interaction_residual`, `scan_layers`."""
+  cfg = get_model_config(config.model, config.get("wav2vec2_config") or None, ablation=config.get("ablation", ""),
+                         interaction_residual=config.get("interaction_residual", False))
+  return dataclasses.replace(cfg, scan_layers=bool(config.get("scan_layers", True)))
 
 
 def check_model_options(config, cfg: DualTalkConfig) -> None:

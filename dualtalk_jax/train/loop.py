@@ -28,6 +28,7 @@ have the fingerprint the cache was made with, else the run refuses to start
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -65,7 +66,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]
 def initial_params(config, model_def: step_lib.ModelDef) -> dict:
   """Params to start from: a converted DualTalk checkpoint, else fresh init (+ pretrained wav2vec2)."""
   if config.get("init_checkpoint"):
-    params, cfg, _ = checkpoint.restore_params(config.init_checkpoint)
+    params, cfg, _ = checkpoint.restore_params(config.init_checkpoint, scan_layers=model_def.config.scan_layers)
     if cfg != model_def.config:
       raise ValueError(f"{config.init_checkpoint}: its model config differs from the run's")
     return params

@@ -35,6 +35,7 @@ def get_config(arg: str = "large") -> ml_collections.ConfigDict:
   # mfcc, no_temporal_enhancer, no_interaction, no_modulation (dualtalk_jax/models/dualtalk.py)
   c.ablation = ""
   c.interaction_residual = False  # not released: residual around the interaction self-attention
+  c.scan_layers = True  # wav2vec2 layers stacked and scanned; False = unrolled (debugging; another param layout)
 
   c.steps_per_epoch = 3300
   c.num_epochs = 100
