@@ -155,6 +155,7 @@ def test_model_with_cached_features_equals_frozen_model_on_audio(world):
 
 def _config(data_dir, ckpt, **overrides):
   c = quickstart.get_config()
+  c.model, c.interaction_residual = "tiny", False  # the model of the checkpoints made here (CFG)
   c.synthetic.enabled = False
   c.data.train_dir, c.data.val_dir = data_dir, ""
   c.data.window_frames = W
