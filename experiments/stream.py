@@ -25,7 +25,6 @@ files' lengths (infer's rule) are all checked before the model is loaded.
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 

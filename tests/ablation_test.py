@@ -2,7 +2,6 @@
 
 import dataclasses
 
-import ml_collections
 import numpy as np
 import pytest
 import scipy.fft

@@ -53,7 +53,6 @@ bias; LayerNorm/GroupNorm ones/zeros; `masked_spec_embed` uniform [0, 1).
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Any
 
 import ml_collections
 import numpy as np

@@ -28,7 +28,6 @@ have the fingerprint the cache was made with, else the run refuses to start
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import signal
