@@ -100,7 +100,7 @@ class JaxRunner:
     self.jax = jax
     self.model_def = step_lib.ModelDef(cfg, dtype=jnp.dtype(dtype))
     tx = step_lib.make_optimizer(step_lib.OptimConfig(learning_rate=1e-4), self.model_def.abstract_params)
-    self.state, _ = step_lib.init_state(self.model_def, tx, holder.pop())
+    self.state = jax.jit(lambda p: step_lib.train_state(tx, p))(holder.pop())
     gc.collect()
     self.batch = jax.device_put(batch)
     fn = step_lib.make_train_step(self.model_def, tx, seed=seed)
