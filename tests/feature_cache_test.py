@@ -237,7 +237,7 @@ def test_hf_wav2vec2_source_matches_a_run_initialised_from_it(world, tmp_path):
   hf = tmp_path / "hf"
   hf.mkdir()
   enc = Wav2Vec2Model(CFG.wav2vec2, rngs=nnx.Rngs(params=5, dropout=1))
-  sd = {k: np.ascontiguousarray(v) for k, v in table.jax_to_torch(enc).items() if k != "masked_spec_embed"}
+  sd = {k: np.ascontiguousarray(v) for k, v in table.jax_to_torch(params_lib.of(enc)).items() if k != "masked_spec_embed"}
   save_file(sd, str(hf / "model.safetensors"))
   (hf / "config.json").write_text(json.dumps(CFG.wav2vec2.to_hf_dict()))
   out = str(tmp_path / "out")

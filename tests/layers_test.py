@@ -30,7 +30,7 @@ def _perturb(model, seed=0):
 
 
 def _to_torch(jax_model, torch_module, prefix):
-  sd = {k[len(prefix):]: torch.from_numpy(v.copy()) for k, v in table.jax_to_torch(jax_model).items()}
+  sd = {k[len(prefix):]: torch.from_numpy(v.copy()) for k, v in table.jax_to_torch(params_lib.of(jax_model)).items()}
   torch_module.load_state_dict(sd, strict=True)
   torch_module.eval()
 
