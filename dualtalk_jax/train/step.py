@@ -4,9 +4,10 @@ The model is split once (`nnx.split`) into a graph definition and its params; pa
 live in the train state in the library's one form (`dualtalk_jax.params`, what
 checkpoints store), so the optimizer state, the sharding rules and the checkpoints all
 address a parameter by the same path. `nnx.merge` happens only inside traced functions,
-fresh params included (`ModelDef.init_params` under a jit with `out_shardings`). Dropout/SpecAugment/LayerDrop randomness is a pure function of
-(seed, step, micro-batch): the step reseeds the model's 'dropout' streams, so a resumed
-run draws exactly what a straight run draws.
+fresh params included (`ModelDef.init_params` under a jit with `out_shardings`).
+Dropout/SpecAugment/LayerDrop randomness is a pure function of (seed, step, micro-batch):
+the step reseeds the model's 'dropout' streams, so a resumed run draws exactly what a
+straight run draws.
 
 Frozen wav2vec2 mode (`ModelDef(frozen_encoders=True)` with
 `OptimConfig(freeze_wav2vec2=True)`): both encoders run in eval mode and get no gradient
@@ -113,9 +114,9 @@ class ModelDef:
     return params_lib.merge(self.train_graph if train else self.eval_graph, params, rest)
 
   def init_params(self, seed: int) -> dict:
-    """Fresh params (torch-style init for DualTalk layers, HF-style for wav2vec2). Call it
-    traced, under a jit whose `out_shardings` place them (`train_state`, `builder.Program.init_state`):
-    every device then makes only its own shards."""
+    """Fresh params (torch-style init for DualTalk layers, HF-style for wav2vec2). Under a
+    jit whose `out_shardings` place them (`builder.Program.init_state`), every device makes
+    only its own shards."""
     return params_lib.of(DualTalk(self.config, rngs=make_rngs(seed)))
 
 
