@@ -33,7 +33,7 @@ from typing import Sequence
 
 import numpy as np
 
-from dualtalk_jax import audio, hostmem
+from dualtalk_jax import audio, hostmem, params as params_lib
 from dualtalk_jax.files import InputError
 from dualtalk_jax.progress import Progress
 
