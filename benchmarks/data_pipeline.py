@@ -79,14 +79,14 @@ def _cache_checkpoint(path, hidden, layers):
   """A random-init tiny DualTalk with a wav2vec2 of `hidden` width, both encoders equal."""
   import dataclasses
 
-  from dualtalk_jax import checkpoint
+  from dualtalk_jax import checkpoint, params as params_lib
   from dualtalk_jax.config import CONFIGS, WAV2VEC2_TINY
   from dualtalk_jax.models.dualtalk import DualTalk, make_rngs
 
   w2v = dataclasses.replace(WAV2VEC2_TINY, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=16,
                             intermediate_size=hidden, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=16)
   cfg = dataclasses.replace(CONFIGS["tiny"], wav2vec2=w2v)
-  params = checkpoint.model_params(DualTalk(cfg, rngs=make_rngs(0)))
+  params = params_lib.of(DualTalk(cfg, rngs=make_rngs(0)))
   params["joint_encoder"]["audio_encoder2"] = params["joint_encoder"]["audio_encoder1"]
   return checkpoint.save_params(path, params, cfg, overwrite=True)
 

@@ -103,11 +103,11 @@ def torch_twin(model, cfg, *, attn: str = "eager", device: str = "cpu"):
   """The PyTorch tree with our model's weights (strict load), eval mode, on `device`."""
   import torch
 
-  from dualtalk_jax import checkpoint
+  from dualtalk_jax import params as params_lib
   from dualtalk_jax.convert import pytorch
   from third_party.dualtalk_torch import DualTalk as TorchDualTalk
 
-  sd = pytorch.params_to_state_dict(checkpoint.model_params(model), cfg)
+  sd = pytorch.params_to_state_dict(params_lib.of(model), cfg)
   with torch.device("meta"):  # no random init (minutes for the large tree): the strict load assigns every tensor
     ref = TorchDualTalk.from_config(cfg, attn_implementation=attn)
   ref.load_state_dict({k: torch.from_numpy(np.array(v, copy=True)) for k, v in sd.items()}, strict=True, assign=True)

@@ -6,7 +6,9 @@ host. Here the mesh is `sharding.make_mesh` over those devices, the state and ba
 `jax.ShapeDtypeStruct`s carrying the shardings training uses, and the steps are
 those of `train.builder.build`, the ones `experiments.train` runs and validates with; nothing
 is allocated. XLA's memory analysis of the compiled step gives bytes per chip
-(arguments, outputs, temporaries) and its cost analysis the FLOPs per chip and step.
+(arguments, outputs, temporaries); the FLOPs per step are counted on the step's jaxpr
+(`jaxpr_flops`), not taken from XLA's cost analysis, which counts a loop body once: a
+scanned layer stack (`scan_layers`, the default) would report one layer of each stack.
 
 Numbers are the compiler's: "total" = arguments + outputs - aliased (donated) +
 temporaries + generated code, per chip, against the chip's HBM. libtpu itself keeps a
@@ -23,6 +25,8 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
+from jax.extend import core as jax_core
 
 from dualtalk_jax import sharding
 from dualtalk_jax.train import builder, step as step_lib
@@ -113,6 +117,47 @@ def abstract_batch(mesh, batch_size: int, window_frames: int,
   return {k: jax.ShapeDtypeStruct(s, d, sharding=sharding.batch_sharding(mesh, len(s))) for k, (s, d) in shapes.items()}
 
 
+# Primitives XLA's cost analysis counts as one FLOP per output element (transcendentals
+# such as exp, log, tanh, erf, rsqrt it counts apart, and data movement not at all).
+_ELEMENTWISE = frozenset({
+    "add", "add_any", "sub", "mul", "div", "rem", "max", "min", "neg", "abs", "sign", "floor", "ceil", "round",
+    "select_n", "clamp", "eq", "ne", "lt", "le", "gt", "ge", "and", "or", "not", "xor", "integer_pow", "square",
+    "is_finite", "nextafter"})
+_REDUCTIONS = frozenset({"reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "reduce_and", "reduce_or", "argmax",
+                         "argmin", "cumsum", "cummax", "cummin", "cumprod"})
+
+
+def jaxpr_flops(jaxpr) -> float:
+  """FLOPs of one run of a (closed) jaxpr, with every loop body counted per iteration.
+
+  Counted as XLA's cost analysis counts them: 2 per multiply-add of `dot_general` and
+  `conv_general_dilated`, 1 per output element of other arithmetic and per input element
+  of a reduction, 0 for transcendentals and data movement. A `scan` body counts `length`
+  times, a `cond` its costliest branch, a `while` body once (its trip count is a value).
+  For a jitted `step`: `jaxpr_flops(step.trace(*args).jaxpr)`, all devices together.
+  """
+  jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+  total = 0.0
+  for eqn in jaxpr.eqns:
+    name, params = eqn.primitive.name, eqn.params
+    inner = [jaxpr_flops(j) for j in jax_core.jaxprs_in_params(params)]
+    if inner:
+      total += max(inner) if name == "cond" else params["length"] * sum(inner) if name == "scan" else sum(inner)
+    elif name == "dot_general":
+      (contract, _), _ = params["dimension_numbers"]
+      lhs = eqn.invars[0].aval.shape
+      total += 2.0 * np.prod([lhs[d] for d in contract]) * np.prod(eqn.outvars[0].aval.shape)
+    elif name == "conv_general_dilated":
+      rhs, spec = eqn.invars[1].aval.shape, params["dimension_numbers"].rhs_spec
+      per_output = rhs[spec[1]] * np.prod([rhs[d] for d in spec[2:]])  # input channels per group x window
+      total += 2.0 * per_output * np.prod(eqn.outvars[0].aval.shape)
+    elif name in _ELEMENTWISE:
+      total += float(np.prod(eqn.outvars[0].aval.shape))
+    elif name in _REDUCTIONS:
+      total += float(np.prod(eqn.invars[0].aval.shape))
+  return float(total)
+
+
 @dataclasses.dataclass
 class StepReport:
   """Per-chip memory (bytes) and FLOPs of one compiled step."""
@@ -123,7 +168,7 @@ class StepReport:
   alias: int
   temp: int
   code: int
-  flops: float  # per chip and step (XLA cost analysis of the partitioned module)
+  flops: float  # per chip and step (`jaxpr_flops` of the step over the number of chips)
   compile_s: float
 
   @property
@@ -131,13 +176,15 @@ class StepReport:
     return self.argument + self.output - self.alias + self.temp + self.code
 
 
-def _report(name: str, compiled, compile_s: float) -> StepReport:
+def _compile(name: str, step, args, num_chips: int) -> StepReport:
+  """Compiles the jitted `step` on `args` and reports its memory and FLOPs per chip."""
+  t = time.time()
+  traced = step.trace(*args)
+  compiled = traced.lower().compile()
   mem = compiled.memory_analysis()
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return StepReport(name, int(mem.argument_size_in_bytes), int(mem.output_size_in_bytes), int(mem.alias_size_in_bytes),
                     int(mem.temp_size_in_bytes), int(mem.generated_code_size_in_bytes),
-                    float((cost or {}).get("flops", 0.0)), compile_s)
+                    jaxpr_flops(traced.jaxpr) / num_chips, time.time() - t)
 
 
 @dataclasses.dataclass
@@ -191,14 +238,10 @@ def compile_steps(config: ml_collections.ConfigDict, topology_name: str, *, effi
   mesh, train_step, eval_step, state, batch, eval_batch = build(config, devices)
   log(f"{topology_name}: {len(devices)} x {devices[0].device_kind}, mesh {dict(mesh.shape)}, "
       f"{config.compute_dtype}, remat={config.get('remat', '') or 'off'}: compiling the train step")
-  t = time.time()
-  compiled = train_step.lower(state, batch).compile()
-  steps = [_report("train", compiled, time.time() - t)]
+  steps = [_compile("train", train_step, (state, batch), len(devices))]
   log(f"  train step compiled in {steps[0].compile_s:.0f} s")
   if predict:
-    t = time.time()
-    compiled = eval_step.lower(state["params"], eval_batch).compile()
-    steps.append(_report("predict", compiled, time.time() - t))
+    steps.append(_compile("predict", eval_step, (state["params"], eval_batch), len(devices)))
     log(f"  prediction step compiled in {steps[1].compile_s:.0f} s")
   chip = chip_of(topology_name)
   return Result(topology_name, slice_name(topology_name, len(devices)), len(devices), devices[0].device_kind,

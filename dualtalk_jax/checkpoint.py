@@ -5,13 +5,14 @@ holding items (`params` always; training adds its own), and `model_config.json` 
 them, so a checkpoint says which architecture it holds. A converted `DualTalk.pth` is such
 a directory with one step; a training workdir keeps one under `<workdir>/checkpoints`.
 
-Params are stored as a nested dict keyed by the NNX path components as strings
-("joint_encoder" / "audio_encoder1" / ... / "kernel"), which orbax round-trips exactly.
+Params are stored in the library's one form (`dualtalk_jax.params`): a nested dict keyed
+by the NNX path components as strings, which orbax round-trips exactly.
 
 Layout: the wav2vec2 layer stacks are stored as the model holds them, stacked
 (`DualTalkConfig.scan_layers`, the default) or one entry per layer; `model_config.json`
 records which (a file written before the field existed holds the unrolled layout).
-`restore_params(scan_layers=...)` converts to the layout asked for (exact).
+`restore_params(scan_layers=...)` converts to the layout asked for (exact,
+`convert.table.to_layout`).
 """
 
 from __future__ import annotations
@@ -22,80 +23,18 @@ import os
 import shutil
 import uuid
 from collections.abc import Mapping
-from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
-from flax import nnx
 
+from dualtalk_jax import params as params_lib
 from dualtalk_jax.config import DualTalkConfig
 
 MODEL_CONFIG = "model_config.json"
 WORKDIR_CHECKPOINTS = "checkpoints"
 DAMAGED = "damaged_checkpoints"  # beside `checkpoints`: steps that failed to restore
-
-
-def params_tree(flat: Mapping[tuple, Any]) -> dict:
-  """{path tuple: array} -> nested dict with string keys."""
-  tree: dict = {}
-  for path, value in flat.items():
-    node = tree
-    for p in path[:-1]:
-      node = node.setdefault(str(p), {})
-    node[str(path[-1])] = value
-  return tree
-
-
-def flatten_tree(tree: Mapping, prefix: tuple = ()) -> dict[tuple, Any]:
-  """Nested dict -> {path tuple of strings: leaf}."""
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, Mapping):
-      out.update(flatten_tree(v, prefix + (k,)))
-    else:
-      out[prefix + (k,)] = v
-  return out
-
-
-def model_params(model: nnx.Module) -> dict:
-  """The model's params as the nested string-keyed dict that checkpoints store."""
-  return params_tree({p: v[...] for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))})
-
-
-def abstract_params(model: nnx.Module) -> dict:
-  """Shape/dtype (and sharding, if any) of each param, for restoring without allocating."""
-  def spec(v):
-    x = v[...]
-    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
-
-  return params_tree({p: spec(v) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))})
-
-
-def load_params_into(model: nnx.Module, params: Mapping) -> None:
-  """Writes a stored params tree into a concrete model; keys and shapes must match, after
-  converting the wav2vec2 layer layout (stacked / unrolled) to the model's if they differ."""
-  from dualtalk_jax.convert.table import ConversionError, assign, params_layout, path_str, to_layout
-
-  flat = {path_str(p): v for p, v in flatten_tree(params).items()}
-  want = params_layout(path_str(p) for p, _ in nnx.to_flat_state(nnx.state(model, nnx.Param)))
-  have = params_layout(flat)
-  if want is not None and have is not None and want != have:
-    flat = to_layout(flat, want == "stacked")
-  arrays, problems = {}, []
-  for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-    key = path_str(path)
-    if key not in flat:
-      problems.append(f"missing {key}")
-    elif tuple(flat[key].shape) != tuple(var.shape):
-      problems.append(f"{key}: {tuple(flat[key].shape)}, expected {tuple(var.shape)}")
-    else:
-      arrays[path] = flat.pop(key)
-  problems += [f"unexpected {k}" for k in sorted(flat)]
-  if problems:
-    raise ConversionError(f"checkpoint does not match the model: {'; '.join(problems[:20])}")
-  assign(model, arrays)
 
 
 def resolve(path: str | os.PathLike) -> str:
@@ -128,14 +67,6 @@ def read_model_config(path: str | os.PathLike) -> DualTalkConfig:
 
 def layout_name(scan_layers: bool) -> str:
   return "stacked wav2vec2 layers (scan_layers=True)" if scan_layers else "unrolled wav2vec2 layers (scan_layers=False)"
-
-
-def to_layout(params: Mapping, scan_layers: bool) -> dict:
-  """A params tree in the stacked or the unrolled layer layout (host arrays; exact)."""
-  from dualtalk_jax.convert.table import path_str, to_layout as flat_to_layout
-
-  flat = {path_str(p): v for p, v in flatten_tree(params).items()}
-  return params_tree({tuple(k.split(".")): v for k, v in flat_to_layout(flat, scan_layers).items()})
 
 
 def write_model_config(root: str, cfg: DualTalkConfig) -> None:
@@ -178,7 +109,7 @@ def restore_params(path: str | os.PathLike, *, step: int | None = None, target: 
                    scan_layers: bool | None = None) -> tuple[dict, DualTalkConfig, int]:
   """(params tree, model config, step) from a checkpoint directory or a workdir's latest.
 
-  `target` (an `abstract_params` tree) restores with its dtypes and shardings; without
+  `target` (params of `jax.ShapeDtypeStruct`s) restores with its dtypes and shardings; without
   it the arrays come back as host numpy arrays. `scan_layers` (None = as stored) asks for
   a param layout: a checkpoint of the other one is converted (exactly) and the returned
   config says the layout asked for.
@@ -186,6 +117,8 @@ def restore_params(path: str | os.PathLike, *, step: int | None = None, target: 
   root = resolve(path)
   cfg = read_model_config(root)
   if scan_layers is not None and bool(scan_layers) != cfg.scan_layers:
+    from dualtalk_jax.convert.table import to_layout
+
     params, cfg, step = restore_params(root, step=step)
     params = to_layout(params, bool(scan_layers))
     if target is not None:
@@ -202,8 +135,8 @@ def restore_params(path: str | os.PathLike, *, step: int | None = None, target: 
     if not os.path.isdir(item):
       raise FileNotFoundError(f"{item}: no params saved at step {step}")
     if target is None:  # host numpy arrays, whatever topology the checkpoint was saved on
-      meta = flatten_tree(mgr.item_metadata(step)["params"])
-      target = params_tree({p: np.empty(m.shape, m.dtype) for p, m in meta.items()})
+      meta = params_lib.flatten(dict(mgr.item_metadata(step)["params"].items()))
+      target = params_lib.unflatten({p: np.empty(m.shape, m.dtype) for p, m in meta.items()})
     params = mgr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))["params"]
   return params, cfg, step
 

@@ -42,7 +42,8 @@ def _table(config) -> None:
           f"(jax {jax.__version__}, libtpu): model `{c.model}`, global batch {c.batch_size} x "
           f"{c.data.window_frames} frames, grad_accum {c.grad_accum}; mesh: chips per mesh axis (`data`: params "
           "replicated, the default; `fsdp`: `--config.mesh.data=1 --config.mesh.fsdp=-1`). Memory is per chip, from XLA's memory analysis (arguments + outputs - donated + temporaries + code); "
-          "TFLOP/step is XLA's cost analysis summed over chips; compile is wall time on a 2-core CPU host.\n\n")
+          "TFLOP/step is counted on the step's jaxpr (`aot.jaxpr_flops`: a scanned layer once per layer, where XLA's "
+          "cost analysis counts a loop body once); compile is wall time on a 2-core CPU host.\n\n")
   os.makedirs(os.path.dirname(os.path.abspath(_TABLE.value)), exist_ok=True)
   rows, flops_no_remat = [], {}
   for topo in _TOPOLOGY.value:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.fft
 
-from dualtalk_jax import audio, checkpoint
+from dualtalk_jax import audio, checkpoint, params as params_lib
 from dualtalk_jax.config import ABLATIONS, CONFIGS, DualTalkConfig, get_model_config
 from dualtalk_jax.convert import pytorch, table
 from dualtalk_jax.models import mfcc
@@ -26,7 +26,7 @@ REMOVED = {
 
 
 def param_shapes(cfg):
-  return {".".join(map(str, p)): tuple(v.shape) for p, v in table.param_leaves(abstract_model(cfg))}
+  return {p: tuple(v.shape) for p, v in params_lib.flatten(params_lib.of(abstract_model(cfg))).items()}
 
 
 def param_paths(cfg):
@@ -141,14 +141,14 @@ def test_run_options_that_mean_nothing_are_refused():
 def test_checkpoint_records_its_ablation_and_export_refuses_it(tmp_path):
   cfg = get_model_config("tiny", ablation="no_modulation")
   model = DualTalk(cfg, rngs=make_rngs(0))
-  ckpt = checkpoint.save_params(str(tmp_path / "ckpt"), checkpoint.model_params(model), cfg)
+  ckpt = checkpoint.save_params(str(tmp_path / "ckpt"), params_lib.of(model), cfg)
   assert checkpoint.read_model_config(ckpt).ablation == "no_modulation"
   with pytest.raises(table.ConversionError, match="ablation 'no_modulation'.*only the released"):
     pytorch.checkpoint_to_torch(ckpt, str(tmp_path / "x.safetensors"))
   assert not (tmp_path / "x.safetensors").exists()
   res = dataclasses.replace(TINY, interaction_residual=True)
   with pytest.raises(table.ConversionError, match="interaction_residual"):
-    pytorch.params_to_state_dict(checkpoint.model_params(DualTalk(res, rngs=make_rngs(0))), res)
+    pytorch.params_to_state_dict(params_lib.of(DualTalk(res, rngs=make_rngs(0))), res)
 
 
 def test_no_partner_motion_predicts_clips_and_windows_without_motion(models):

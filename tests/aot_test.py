@@ -1,8 +1,10 @@
 """Ahead-of-time compilation for a TPU topology (needs libtpu), and remat's numerics."""
 
+import dataclasses
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -114,3 +116,56 @@ def test_feature_cache_config_builds_the_cached_train_step():
   out_state, metrics = jax.eval_shape(train_step, state, batch)
   assert metrics["loss"].shape == () and out_state["step"].shape == ()
   assert jax.eval_shape(eval_step, state["params"], eval_batch).shape == (8, 10, 56)
+
+
+def _xla_flops(traced) -> float:
+  cost = traced.lower().compile().cost_analysis()
+  return float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
+
+
+def test_jaxpr_flops_count_a_scanned_body_per_iteration():
+  """A stack of 4 layers (matmul, conv, layer norm, relu), scanned and unrolled: XLA's cost
+  analysis counts the scanned body once; `jaxpr_flops` counts both as XLA counts the unrolled one."""
+  n, d = 4, 64
+  ws = jax.ShapeDtypeStruct((n, d, d), jnp.float32)
+  ks = jax.ShapeDtypeStruct((n, 3, d, d), jnp.float32)  # WIO conv kernels
+  x = jax.ShapeDtypeStruct((8, 50, d), jnp.float32)
+
+  def layer(h, w, k):
+    h = jnp.maximum(h @ w, 0.0)
+    h = h + jax.lax.conv_general_dilated(h, k, (1,), "SAME", dimension_numbers=("NWC", "WIO", "NWC"))
+    mean = h.mean(-1, keepdims=True)
+    return (h - mean) * jax.lax.rsqrt(((h - mean) ** 2).mean(-1, keepdims=True) + 1e-5)
+
+  def scanned(ws, ks, x):
+    return jax.lax.scan(lambda h, wk: (layer(h, *wk), None), x, (ws, ks))[0].sum()
+
+  def unrolled(ws, ks, x):
+    for i in range(n):
+      x = layer(x, ws[i], ks[i])
+    return x.sum()
+
+  traced = {f.__name__: jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2))).trace(ws, ks, x) for f in (scanned, unrolled)}
+  ours = {k: aot.jaxpr_flops(t.jaxpr) for k, t in traced.items()}
+  xla = {k: _xla_flops(t) for k, t in traced.items()}
+  matmuls = 3 * 2 * 8 * 50 * d * d * 4 * n  # forward + 2 backward matmuls, the conv's 3 taps + 1
+  assert xla["unrolled"] > matmuls and xla["scanned"] < 0.5 * xla["unrolled"]  # the scanned body once
+  assert ours["scanned"] == pytest.approx(ours["unrolled"], rel=0.01), (ours, xla)
+  assert ours["scanned"] == pytest.approx(xla["unrolled"], rel=0.03), (ours, xla)
+
+
+def test_scanned_and_unrolled_wav2vec2_count_the_same_flops():
+  """A 3-layer wav2vec2's loss and gradients (traced, not compiled), layers scanned and unrolled."""
+  from dualtalk_jax.config import WAV2VEC2_TINY
+  from dualtalk_jax.models.wav2vec2 import Wav2Vec2Model
+
+  cfg = dataclasses.replace(WAV2VEC2_TINY, num_hidden_layers=3)
+  audio = jax.ShapeDtypeStruct((2, 6400), jnp.float32)
+  flops = []
+  for scan in (True, False):
+    model = nnx.eval_shape(lambda: Wav2Vec2Model(cfg, rngs=make_rngs(0), scan_layers=scan))
+    model.eval()
+    graph, params, rest = nnx.split(model, nnx.Param, ...)
+    loss = lambda p, r, a: nnx.merge(graph, p, r)(a)[0].sum()
+    flops.append(aot.jaxpr_flops(jax.jit(jax.grad(loss)).trace(params, rest, audio).jaxpr))
+  assert flops[0] > 0 and flops[0] == pytest.approx(flops[1], rel=0.01)  # the scan adds a little bookkeeping

@@ -12,7 +12,7 @@ import pytest
 import torch
 from flax import nnx
 
-from dualtalk_jax import audio, checkpoint
+from dualtalk_jax import audio, checkpoint, params as params_lib
 from dualtalk_jax.config import CONFIGS
 from dualtalk_jax.convert import pytorch, table
 from dualtalk_jax.models.dualtalk import DualTalk, abstract_model, predict
@@ -54,8 +54,8 @@ def test_torch_jax_torch_is_bit_identical(tmp_path, weight_norm, scan_layers):
   pytorch.torch_to_checkpoint(str(tmp_path / "in.pth"), str(tmp_path / "ckpt"), cfg)
   params, stored, _ = checkpoint.restore_params(str(tmp_path / "ckpt"))
   assert stored == cfg
-  layer = checkpoint.flatten_tree(params)
-  q = ("joint_encoder", "audio_encoder1", "encoder", "layers") + (() if scan_layers else ("1",)) + ("attention", "q_proj", "kernel")
+  layer = params_lib.flatten(params)
+  q = "joint_encoder.audio_encoder1.encoder.layers" + ("" if scan_layers else ".1") + ".attention.q_proj.kernel"
   want = sd["joint_encoder.audio_encoder1.encoder.layers.1.attention.q_proj.weight"].numpy().T
   np.testing.assert_array_equal(layer[q][1] if scan_layers else layer[q], want)
   pytorch.checkpoint_to_torch(str(tmp_path / "ckpt"), str(tmp_path / "out.pth"), weight_norm=weight_norm)
@@ -66,7 +66,7 @@ def test_torch_jax_torch_is_bit_identical(tmp_path, weight_norm, scan_layers):
 
 def test_checkpoint_layouts_convert_on_load(tmp_path):
   """A checkpoint of one layer layout restores into the other exactly (restore_params and
-  load_params_into), and a model_config.json without `scan_layers` (written before layer
+  params.load), and a model_config.json without `scan_layers` (written before layer
   scanning) is read as the unrolled layout."""
   torch.save(random_torch_model(2).state_dict(), tmp_path / "m.pth")
   unrolled_cfg = dataclasses.replace(TINY, scan_layers=False)
@@ -78,7 +78,7 @@ def test_checkpoint_layouts_convert_on_load(tmp_path):
   cfg_file.write_text(json.dumps(d))
   assert checkpoint.read_model_config(str(tmp_path / "old")) == unrolled_cfg
 
-  flat = lambda params: {".".join(p): np.asarray(v) for p, v in checkpoint.flatten_tree(params).items()}
+  flat = lambda params: {p: np.asarray(v) for p, v in params_lib.flatten(params).items()}
   stacked, cfg_s, _ = checkpoint.restore_params(str(tmp_path / "stacked"))
   unrolled, cfg_u, _ = checkpoint.restore_params(str(tmp_path / "old"))
   as_stacked, cfg_us, _ = checkpoint.restore_params(str(tmp_path / "old"), scan_layers=True)
@@ -93,8 +93,8 @@ def test_checkpoint_layouts_convert_on_load(tmp_path):
   assert "joint_encoder.audio_encoder2.encoder.layers.1.attention.k_proj.bias" in flat(unrolled)
 
   model = DualTalk(TINY, rngs=nnx.Rngs(0))  # stacked model, unrolled checkpoint
-  checkpoint.load_params_into(model, unrolled)
-  for k, v in flat(checkpoint.model_params(model)).items():
+  params_lib.load(model, unrolled)
+  for k, v in flat(params_lib.of(model)).items():
     np.testing.assert_array_equal(v, flat(stacked)[k], err_msg=k)
 
 
@@ -107,11 +107,11 @@ def test_resuming_a_workdir_of_the_other_layout_names_both(tmp_path):
 
 def test_jax_torch_jax_gives_identical_nnx_state(tmp_path):
   model = DualTalk(TINY, rngs=nnx.Rngs(3))
-  params = checkpoint.model_params(model)
+  params = params_lib.of(model)
   sd = pytorch.params_to_state_dict(params, TINY)
   pytorch.write_torch_file(sd, str(tmp_path / "m.safetensors"))
   again = pytorch.state_dict_to_params(pytorch.read_torch_file(str(tmp_path / "m.safetensors")), TINY)
-  a, b = checkpoint.flatten_tree(params), checkpoint.flatten_tree(again)
+  a, b = params_lib.flatten(params), params_lib.flatten(again)
   assert a.keys() == b.keys()
   for k in a:
     np.testing.assert_array_equal(np.asarray(a[k]), b[k])
@@ -124,7 +124,7 @@ def test_converted_torch_model_gives_the_same_outputs(tmp_path):
   pytorch.torch_to_checkpoint(str(tmp_path / "wrapped.pth"), str(tmp_path / "ckpt"), TINY)
   params, cfg, _ = checkpoint.restore_params(str(tmp_path / "ckpt"))
   model = DualTalk(cfg, rngs=nnx.Rngs(0))
-  checkpoint.load_params_into(model, params)
+  params_lib.load(model, params)
   model.eval()
   rng = np.random.default_rng(0)
   a = audio.normalize(rng.normal(size=11000).astype(np.float32))[None]
@@ -140,7 +140,7 @@ def test_converted_torch_model_gives_the_same_outputs(tmp_path):
 def test_large_export_has_exactly_the_released_keys_and_shapes(scan_layers):
   rows = [line.split("\t") for line in TSV.read_text().splitlines()[1:]]
   want = {k: tuple(int(x) for x in s.strip("()").split(",") if x.strip()) for k, s in rows}
-  got = table.torch_shapes(abstract_model(dataclasses.replace(CONFIGS["large"], scan_layers=scan_layers)))
+  got = table.torch_shapes(params_lib.of(abstract_model(dataclasses.replace(CONFIGS["large"], scan_layers=scan_layers))))
   assert got == want
   assert len(got) == 932
 

@@ -2,14 +2,15 @@
 
 import math
 
+import jax
 import numpy as np
 import pytest
 import torch
 from flax import nnx
 
-from dualtalk_jax import audio
+from dualtalk_jax import audio, params as params_lib
 from dualtalk_jax.config import CONFIGS
-from dualtalk_jax.convert import pytorch, table
+from dualtalk_jax.convert import pytorch
 from dualtalk_jax.models.dualtalk import DualTalk, abstract_model, count_params, predict
 from third_party.dualtalk_torch import DualTalk as TorchDualTalk
 
@@ -20,16 +21,13 @@ def perturbed_model(cfg=TINY, seed=0, scale=0.05):
   """A model whose every parameter (LayerNorms and biases too) is off its init value."""
   model = DualTalk(cfg, rngs=nnx.Rngs(seed))
   rng = np.random.default_rng(seed)
-  arrays = {p: np.asarray(v[...]) + rng.normal(0, scale, v.shape).astype(np.float32) for p, v in table.param_leaves(model)}
-  table.assign(model, arrays)
+  params_lib.load(model, jax.tree.map(lambda v: np.asarray(v) + rng.normal(0, scale, v.shape).astype(np.float32), params_lib.of(model)))
   model.eval()
   return model
 
 
 def torch_twin(model, cfg=TINY):
-  from dualtalk_jax import checkpoint
-
-  sd = pytorch.params_to_state_dict(checkpoint.model_params(model), cfg)
+  sd = pytorch.params_to_state_dict(params_lib.of(model), cfg)
   ref = TorchDualTalk.from_config(cfg)
   ref.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in sd.items()}, strict=True)
   return ref.eval()

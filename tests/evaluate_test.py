@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from dualtalk_jax import audio, checkpoint
+from dualtalk_jax import audio, checkpoint, params as params_lib
 from dualtalk_jax.data import synthetic
 from dualtalk_jax.eval import activity, evaluate, metrics, reference
 from dualtalk_jax.eval import predict as P
@@ -29,7 +29,7 @@ def tiny_ckpt(tmp_path_factory):
   from predict_test import perturbed_model
   model = perturbed_model()
   path = str(tmp_path_factory.mktemp("ckpt") / "tiny")
-  checkpoint.save_params(path, checkpoint.model_params(model), model.config)
+  checkpoint.save_params(path, params_lib.of(model), model.config)
   return path, model
 
 

@@ -15,6 +15,7 @@ import types
 import numpy as np
 import pytest
 
+from dualtalk_jax import params as params_lib
 from dualtalk_jax.face import flame, safe_pickle, synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -465,7 +466,7 @@ def test_infer_render_shortcut_on_the_demo(model_path, tmp_path):
   from predict_test import perturbed_model
   model = perturbed_model()
   ckpt = str(tmp_path / "tiny")
-  checkpoint.save_params(ckpt, checkpoint.model_params(model), model.config)
+  checkpoint.save_params(ckpt, params_lib.of(model), model.config)
   clip = os.path.join(DEMO, "UbjUDM1MiGE_sub_video_72")
   r = subprocess.run([sys.executable, "-m", "experiments.infer", f"--checkpoint={ckpt}", f"--audio_self={clip}_speaker1.wav",
                       f"--audio_other={clip}_speaker2.wav", f"--motion_other={clip}_speaker2.npz",

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from dualtalk_jax import checkpoint
+from dualtalk_jax import checkpoint, params as params_lib
 from dualtalk_jax.config import CONFIGS
 from dualtalk_jax.data import feature_cache, pipeline, preprocess, records, synthetic
 from dualtalk_jax.models.dualtalk import DualTalk, freeze_audio_encoders, make_rngs
@@ -21,7 +21,7 @@ CFG = CONFIGS["tiny"]
 
 
 def _params(seed, shared):
-  p = checkpoint.model_params(DualTalk(CFG, rngs=make_rngs(seed)))
+  p = params_lib.of(DualTalk(CFG, rngs=make_rngs(seed)))
   if shared:  # both encoders from one pretrained wav2vec2, as usual
     p["joint_encoder"]["audio_encoder2"] = p["joint_encoder"]["audio_encoder1"]
   return jax.tree.map(np.asarray, p)
@@ -49,7 +49,7 @@ def world(tmp_path_factory):
 
 def _encoder_model(params):
   model = DualTalk(CFG, rngs=make_rngs(9))
-  checkpoint.load_params_into(model, params)
+  params_lib.load(model, params)
   model.eval()
   return model
 
@@ -184,7 +184,7 @@ def test_cached_training_equals_frozen_audio_training(world, tmp_path):
   model_def = step_lib.ModelDef(CFG, frozen_encoders=True)
   assert builder.optim_config(config).freeze_wav2vec2
   tx = step_lib.make_optimizer(builder.optim_config(config), model_def.abstract_params)
-  state, _ = step_lib.init_state(model_def, tx, p_a)
+  state = jax.jit(lambda p: step_lib.train_state(tx, p))(p_a)
   train_step = step_lib.make_train_step(model_def, tx, seed=config.seed)
   it = iter(pipeline.make_train_dataset(world["cached"], window_frames=W, batch_size=config.batch_size, seed=config.seed,
                                         num_epochs=None, clips_per_block=config.data.clips_per_block, process_index=0,
@@ -195,7 +195,7 @@ def test_cached_training_equals_frozen_audio_training(world, tmp_path):
 
   assert m_c["step"] == 2
   np.testing.assert_allclose(m_c["loss"], float(m_a["loss"]), rtol=1e-5)
-  fa, fc, f0 = (checkpoint.flatten_tree(t) for t in (p_audio, p_cache, p_a))
+  fa, fc, f0 = (params_lib.flatten(t) for t in (p_audio, p_cache, p_a))
   assert fa.keys() == fc.keys() == f0.keys()
   moved = 0
   for k in fa:
@@ -237,7 +237,7 @@ def test_hf_wav2vec2_source_matches_a_run_initialised_from_it(world, tmp_path):
   hf = tmp_path / "hf"
   hf.mkdir()
   enc = Wav2Vec2Model(CFG.wav2vec2, rngs=nnx.Rngs(params=5, dropout=1))
-  sd = {k: np.ascontiguousarray(v) for k, v in table.jax_to_torch(enc).items() if k != "masked_spec_embed"}
+  sd = {k: np.ascontiguousarray(v) for k, v in table.jax_to_torch(params_lib.of(enc)).items() if k != "masked_spec_embed"}
   save_file(sd, str(hf / "model.safetensors"))
   (hf / "config.json").write_text(json.dumps(CFG.wav2vec2.to_hf_dict()))
   out = str(tmp_path / "out")
@@ -246,7 +246,7 @@ def test_hf_wav2vec2_source_matches_a_run_initialised_from_it(world, tmp_path):
   # A run with pretrained_wav2vec2 = that dir (its masked_spec_embed is its own random init) matches.
   model = DualTalk(CFG, rngs=make_rngs(11))
   hf_wav2vec2.init_dualtalk_encoders(model, str(hf))
-  params = jax.tree.map(np.asarray, checkpoint.model_params(model))
+  params = jax.tree.map(np.asarray, params_lib.of(model))
   assert feature_cache.check_run_weights(out, params, CFG.wav2vec2, W)["fingerprint"] == fc["fingerprint"]
   _check_content(out, params)
 

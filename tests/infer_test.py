@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from dualtalk_jax import audio, checkpoint
+from dualtalk_jax import audio, checkpoint, params as params_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEMO = ROOT.parent / "shared" / "samples" / "dualtalk_demo"
@@ -21,7 +21,7 @@ def tiny_ckpt(tmp_path_factory):
   from predict_test import perturbed_model
   model = perturbed_model()
   path = str(tmp_path_factory.mktemp("ckpt") / "tiny")
-  checkpoint.save_params(path, checkpoint.model_params(model), model.config)
+  checkpoint.save_params(path, params_lib.of(model), model.config)
   return path
 
 

@@ -1,10 +1,12 @@
 """Torch-compatible layers vs the torch modules they mirror, weights moved by the conversion table."""
 
+import jax
 import numpy as np
 import pytest
 import torch
 from flax import nnx
 
+from dualtalk_jax import params as params_lib
 from dualtalk_jax.convert import table
 from dualtalk_jax.models import layers
 
@@ -24,12 +26,11 @@ class _Wrap(nnx.Module):
 
 def _perturb(model, seed=0):
   rng = np.random.default_rng(seed)
-  arrays = {p: np.asarray(v[...]) + rng.normal(0, 0.1, v.shape).astype(np.float32) for p, v in table.param_leaves(model)}
-  table.assign(model, arrays)
+  params_lib.load(model, jax.tree.map(lambda v: np.asarray(v) + rng.normal(0, 0.1, v.shape).astype(np.float32), params_lib.of(model)))
 
 
 def _to_torch(jax_model, torch_module, prefix):
-  sd = {k[len(prefix):]: torch.from_numpy(v.copy()) for k, v in table.jax_to_torch(jax_model).items()}
+  sd = {k[len(prefix):]: torch.from_numpy(v.copy()) for k, v in table.jax_to_torch(params_lib.of(jax_model)).items()}
   torch_module.load_state_dict(sd, strict=True)
   torch_module.eval()
 

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from dualtalk_jax import audio, checkpoint
+from dualtalk_jax import audio, checkpoint, params as params_lib
 from dualtalk_jax.data import preprocess, synthetic
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ def user(tmp_path_factory):
 
   d = tmp_path_factory.mktemp("user")
   model = perturbed_model()
-  checkpoint.save_params(str(d / "ckpt"), checkpoint.model_params(model), model.config)
+  checkpoint.save_params(str(d / "ckpt"), params_lib.of(model), model.config)
   synthetic.synthesize(str(d / "split"), 2, seed=0, min_seconds=3, max_seconds=4)
   return d
 

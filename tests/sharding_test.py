@@ -6,7 +6,7 @@ import jax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from dualtalk_jax import checkpoint, sharding
+from dualtalk_jax import params as params_lib, sharding
 from dualtalk_jax.config import CONFIGS
 from dualtalk_jax.train.step import ModelDef
 
@@ -16,8 +16,8 @@ W2V = "joint_encoder.audio_encoder1.encoder.layers"
 
 def _specs(cfg, mesh):
   params = ModelDef(cfg).abstract_params
-  flat = checkpoint.flatten_tree(sharding.tree_shardings(params, mesh))
-  return {".".join(p): s.spec for p, s in flat.items()}
+  flat = params_lib.flatten(sharding.tree_shardings(params, mesh))
+  return {p: s.spec for p, s in flat.items()}
 
 
 def test_stacked_layers_axis_never_sharded():
@@ -47,6 +47,6 @@ def test_opt_state_and_scalars():
   mesh = sharding.make_mesh(data=2, fsdp=4)
   tree = {"step": jax.ShapeDtypeStruct((), "int32"),
           "mu": {"encoder": {"layers": {"attention": {"q_proj": {"kernel": jax.ShapeDtypeStruct((3, 32, 32), "float32")}}}}}}
-  flat = checkpoint.flatten_tree(sharding.tree_shardings(tree, mesh))
-  assert flat[("step",)].spec == P()
-  assert flat[("mu", "encoder", "layers", "attention", "q_proj", "kernel")].spec == P(None, "fsdp", None)
+  flat = params_lib.flatten(sharding.tree_shardings(tree, mesh))
+  assert flat["step"].spec == P()
+  assert flat["mu.encoder.layers.attention.q_proj.kernel"].spec == P(None, "fsdp", None)

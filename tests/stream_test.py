@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from dualtalk_jax import audio, checkpoint
+from dualtalk_jax import audio, checkpoint, params as params_lib
 from dualtalk_jax.eval import predict as P
 from dualtalk_jax.eval import stream as S
 from dualtalk_jax.models.dualtalk import predict
@@ -241,7 +241,7 @@ def test_microphone_chunks_read_the_device_against_the_partner_recording(monkeyp
 def files(model, tmp_path_factory):
   import soundfile as sf
   d = tmp_path_factory.mktemp("stream")
-  checkpoint.save_params(d / "ckpt", checkpoint.model_params(model), model.config)
+  checkpoint.save_params(d / "ckpt", params_lib.of(model), model.config)
   a, b, m = make_inputs(9, 2 * 16000 + 300)
   sf.write(d / "a.wav", a, 16000, subtype="FLOAT")
   sf.write(d / "b.wav", b, 16000, subtype="FLOAT")

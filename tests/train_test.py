@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from dualtalk_jax import checkpoint
+from dualtalk_jax import checkpoint, params as params_lib
 from dualtalk_jax.data import preprocess, synthetic
 from dualtalk_jax.train import builder, loop, step as step_lib
 from experiments.configs import quickstart
@@ -67,7 +67,7 @@ def assert_params(a, b, exact, atol=3e-4):
   gradients moves a parameter by up to a fraction of the learning rate (1e-3 here); key
   biases have an identically zero gradient (softmax ignores a shift shared by all keys),
   so Adam turns pure noise into steps of up to lr: they get lr per step."""
-  fa, fb = checkpoint.flatten_tree(a), checkpoint.flatten_tree(b)
+  fa, fb = params_lib.flatten(a), params_lib.flatten(b)
   assert fa.keys() == fb.keys()
   for k in fa:
     if exact:
@@ -176,7 +176,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data_dirs, tmp
   assert good in (1, 2)
   params, _, step = checkpoint.restore_params(str(tmp_path / "nan"))
   assert step == good
-  assert all(np.isfinite(v).all() for v in checkpoint.flatten_tree(params).values())
+  assert all(np.isfinite(v).all() for v in params_lib.flatten(params).values())
 
 
 def test_validation_and_best_checkpoint(data_dirs, tmp_path):
@@ -192,7 +192,7 @@ def test_train_step_draws_fresh_dropout_each_step_and_repeats_per_step(data_dirs
 
   model_def = step_lib.ModelDef(CONFIGS["tiny"])
   tx = step_lib.make_optimizer(step_lib.OptimConfig(learning_rate=0.0), model_def.abstract_params)
-  state, _ = step_lib.init_state(model_def, tx, model_def.init_params(0))
+  state = jax.jit(lambda: step_lib.train_state(tx, model_def.init_params(0)))()
   batch = next(iter(pipeline.make_train_dataset(data_dirs["train"], window_frames=25, batch_size=4)))
   batch = {k: batch[k] for k in step_lib.BATCH_NDIM}
   train_step = jax.jit(step_lib.make_train_step(model_def, tx, seed=0))  # lr 0: params never move

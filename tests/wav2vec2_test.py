@@ -258,18 +258,19 @@ def test_layerdrop_partial_and_dropout_under_jit():
 def test_scanned_and_unrolled_layers_agree():
   """scan_layers=True (stacked, nnx.scan) and False (a list): same init, same training-mode
   draws (LayerDrop and dropout keys per layer), same outputs and gradients (remat: aot_test)."""
+  from dualtalk_jax import params as params_lib
   from dualtalk_jax.convert import table
 
   cfg = dataclasses.replace(STABLE, layerdrop=0.4, num_hidden_layers=3)
   make = lambda scan: w2v.Wav2Vec2Model(cfg, rngs=nnx.Rngs(params=0, dropout=1), scan_layers=scan)
   scanned, unrolled = make(True), make(False)
-  flat = lambda m: {table.path_str(p): np.asarray(v[...]) for p, v in table.param_leaves(m)}
-  s, u = flat(scanned), flat(unrolled)
+  flat = lambda p: params_lib.flatten(jax.tree.map(np.asarray, p))
+  s, u = flat(params_lib.of(scanned)), flat(params_lib.of(unrolled))
   assert s["encoder.layers.attention.q_proj.kernel"].shape == (3, cfg.hidden_size, cfg.hidden_size)
   assert "encoder.layers.2.attention.q_proj.kernel" in u
-  for name, v in table.to_layout(u, True).items():  # the layout transform is exact, and so is the init
+  for name, v in flat(table.to_layout(params_lib.of(unrolled), True)).items():  # the layout transform is exact, and so is the init
     np.testing.assert_array_equal(v, s[name], err_msg=name)
-  assert set(table.to_layout(s, False)) == set(u)
+  assert set(flat(table.to_layout(params_lib.of(scanned), False))) == set(u)
 
   audio = jax.random.normal(jax.random.key(4), (2, 3500))
   lens = jnp.asarray([3500, 3000])
@@ -286,10 +287,10 @@ def test_scanned_and_unrolled_layers_agree():
       m.train()
       nnx.reseed(m, dropout=seed)
       value, g = loss_and_grad(m)
-      got.append((float(value), {table.path_str(p): np.asarray(v[...]) for p, v in nnx.to_flat_state(g)}))
+      got.append((float(value), nnx.to_pure_dict(g)))
     (ls, gs), (lu, gu) = got
     assert abs(ls - lu) <= 1e-5 * abs(lu)
-    gu = table.to_layout(gu, True)
+    gs, gu = flat(gs), flat(table.to_layout(gu, True))
     floor = 1e-6 * max(np.abs(v).max() for v in gu.values())  # grads that are 0 but for rounding (key biases)
     for name in gs:
       scale = np.abs(gu[name]).max() + floor

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
+from dualtalk_jax import params as params_lib
 from dualtalk_jax.config import Wav2Vec2Config
 from dualtalk_jax.convert import table
 from dualtalk_jax.models.wav2vec2 import Wav2Vec2Model
@@ -40,11 +41,10 @@ def load_state_dict(model: Wav2Vec2Model, state_dict: Mapping[str, Any], *, sour
   own value is then kept.
   """
   sd = _strip_prefix(state_dict)
-  current = {p: np.asarray(v[...]) for p, v in table.param_leaves(model)}
+  current = params_lib.of(model)
   if "masked_spec_embed" not in sd:
-    sd["masked_spec_embed"] = current[("masked_spec_embed",)]
-  arrays = table.torch_to_jax(model, sd, source=source, ignore=lambda k: bool(_HEADS.match(k)))
-  table.assign(model, arrays)
+    sd["masked_spec_embed"] = np.asarray(current["masked_spec_embed"])
+  params_lib.load(model, table.torch_to_jax(current, sd, source=source, ignore=lambda k: bool(_HEADS.match(k))))
 
 
 def read_state_dict(directory: str | os.PathLike) -> dict[str, Any]:

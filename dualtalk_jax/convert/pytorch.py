@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from dualtalk_jax import checkpoint
+from dualtalk_jax import checkpoint, params as params_lib
 from dualtalk_jax.config import CONFIGS, DualTalkConfig, get_model_config
 from dualtalk_jax.convert import table
 
@@ -131,7 +131,7 @@ def matching_config_names(state_dict: Mapping[str, Any]) -> list[str]:
 
   have = {table.canonical_key(k): tuple(v.shape) for k, v in state_dict.items()}
   return [name for name, cfg in CONFIGS.items()
-          if {table.canonical_key(k): s for k, s in table.torch_shapes(abstract_model(cfg)).items()} == have]
+          if {table.canonical_key(k): s for k, s in table.torch_shapes(params_lib.of(abstract_model(cfg))).items()} == have]
 
 
 def torch_file_config(path: str, cfg: DualTalkConfig | None = None, default: str = "large") -> DualTalkConfig:
@@ -265,23 +265,19 @@ def torch_key_order(cfg: DualTalkConfig) -> list[str] | None:
 
 def state_dict_to_params(state_dict: Mapping[str, Any], cfg: DualTalkConfig, *, source: str = "state dict",
                          release=None) -> dict:
-  """A released-layout state dict -> checkpoint params tree (jax arrays), every key checked."""
+  """A released-layout state dict -> params (jax arrays), every key checked."""
   from dualtalk_jax.models.dualtalk import abstract_model
 
   require_released(cfg, source)
-  arrays = table.torch_to_jax(abstract_model(cfg), state_dict, source=source, release=release)
-  return checkpoint.params_tree(arrays)
+  return table.torch_to_jax(params_lib.of(abstract_model(cfg)), state_dict, source=source, release=release)
 
 
-def params_to_state_dict(params: Mapping, cfg: DualTalkConfig, *, weight_norm: str = "new") -> dict[str, np.ndarray]:
-  """Checkpoint params tree -> released-layout state dict, in the released key order."""
-  return _flat_to_state_dict({table.path_str(p): v for p, v in checkpoint.flatten_tree(params).items()}, cfg, weight_norm)
-
-
-def _flat_to_state_dict(flat: dict, cfg: DualTalkConfig, weight_norm: str) -> dict[str, np.ndarray]:
-  """{dotted path: array} -> ordered state dict; empties `flat` as it goes (see jax_to_torch)."""
+def params_to_state_dict(params: dict, cfg: DualTalkConfig, *, weight_norm: str = "new",
+                         consume: bool = False) -> dict[str, np.ndarray]:
+  """Params -> released-layout state dict, in the released key order (`consume`: see
+  `table.jax_to_torch`)."""
   require_released(cfg, "params")
-  sd = table.jax_to_torch(flat, weight_norm=weight_norm, consume=True)
+  sd = table.jax_to_torch(params, weight_norm=weight_norm, consume=consume)
   order = torch_key_order(cfg)
   if order is not None:
     order = [table.output_key(k, weight_norm) for k in order]
@@ -316,8 +312,6 @@ def checkpoint_to_torch(input_path: str, output: str, *, weight_norm: str = "new
   params, stored_cfg, _ = checkpoint.restore_params(input_path)
   if cfg is not None and dataclasses.replace(cfg, scan_layers=stored_cfg.scan_layers) != stored_cfg:  # any layout
     raise table.ConversionError(f"{input_path}: holds a different model config than the one asked for")
-  flat = {table.path_str(p): v for p, v in checkpoint.flatten_tree(params).items()}
-  del params  # `flat` is now the only reference: converting it frees each input as it goes
-  sd = _flat_to_state_dict(flat, stored_cfg, weight_norm)
+  sd = params_to_state_dict(params, stored_cfg, weight_norm=weight_norm, consume=True)  # frees each input as it goes
   write_torch_file(sd, output, overwrite=overwrite, cfg=stored_cfg)
   return output

@@ -23,7 +23,10 @@ With `DualTalkConfig.scan_layers` (the default) the model holds each encoder's l
 one stacked leaf per parameter (`...encoder.layers.<rest>`, leading layer axis). The table
 rules are per layer: stacked leaves are split into per-layer views before the rules
 (`unstack_layers`) and per-layer arrays stacked after them (`stack_layers`), both exact.
-`to_layout` converts a whole params dict between the two layouts.
+`to_layout` converts whole params between the two layouts.
+
+Params are the library's one form (`dualtalk_jax.params`); the table matches their dotted
+paths (`params.flatten`).
 
 Weight norm: torch < 2.1 saved `weight_g`/`weight_v` (as in the released checkpoint);
 newer torch saves `parametrizations.weight.original0/1`. Both are read; `weight_norm=`
@@ -37,10 +40,10 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Callable
 
-import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
+
+from dualtalk_jax import params as params_lib
 
 
 class ConversionError(ValueError):
@@ -84,10 +87,6 @@ class Entry:
   torch_key: str
   jax_paths: tuple[str, ...]
   transform: str
-
-
-def path_str(path: Iterable[Any]) -> str:
-  return ".".join(str(p) for p in path)
 
 
 def _torch_key(jax_path: str) -> tuple[str, str, str | None]:
@@ -173,9 +172,10 @@ def stack_layers(flat: Mapping[str, Any]) -> dict[str, np.ndarray]:
   return out
 
 
-def to_layout(flat: Mapping[str, Any], scan_layers: bool) -> dict[str, Any]:
-  """{dotted path: array} in the stacked (`scan_layers`) or unrolled layout; exact."""
-  return stack_layers(flat) if scan_layers else unstack_layers(flat)
+def to_layout(params: Mapping, scan_layers: bool) -> dict:
+  """Params in the stacked (`scan_layers`) or the unrolled layer layout (exact)."""
+  flat = params_lib.flatten(params)
+  return params_lib.unflatten(stack_layers(flat) if scan_layers else unstack_layers(flat))
 
 
 def _to_torch_layout(transform: str, arrays: list[np.ndarray]) -> np.ndarray:
@@ -229,11 +229,6 @@ def output_key(key: str, weight_norm: str) -> str:
   return key
 
 
-def param_leaves(model: nnx.Module) -> list[tuple[tuple, Any]]:
-  """The model's nnx.Param leaves as (path tuple, Variable), in NNX order."""
-  return list(nnx.to_flat_state(nnx.state(model, nnx.Param)))
-
-
 def to_numpy(x) -> np.ndarray:
   """torch tensor / jax array / numpy -> numpy, without copying where possible."""
   if hasattr(x, "detach"):  # torch, imported only by callers that have it
@@ -245,16 +240,16 @@ def to_numpy(x) -> np.ndarray:
 
 
 def torch_to_jax(
-    model: nnx.Module,
+    like: Mapping,
     state_dict: Mapping[str, Any],
     *,
     source: str = "state dict",
     ignore: Callable[[str], bool] | None = None,
     release: Callable[[Any], None] | None = None,
-) -> dict[tuple, jax.Array]:
-  """Converts a torch state dict to {JAX path tuple: jax array} for `model`'s params.
+) -> dict:
+  """Converts a torch state dict to params (jax arrays) shaped like the params `like`.
 
-  `model` may be abstract (`nnx.eval_shape`). Tensors are converted one at a time.
+  `like` may be abstract (`params.of` an `nnx.eval_shape` model). Tensors are converted one at a time.
   Every key is checked: unknown keys (not `ignore`d), missing keys and wrong shapes all
   raise one ConversionError that lists them, naming `source`. `release(tensor)` is
   called on each source tensor once it is converted (e.g. to drop its mmapped pages).
@@ -262,19 +257,18 @@ def torch_to_jax(
   # Per-layer (torch) view of the model's leaves: {path: (shape, dtype)}, and for each
   # stacked leaf a numpy buffer that the per-layer tensors are written into.
   specs, buffers, into = {}, {}, {}
-  for p, v in param_leaves(model):
-    name = path_str(p)
+  like = params_lib.flatten(like)
+  for name, v in like.items():
     m = _STACKED.fullmatch(name)
     if m is None:
       specs[name] = (tuple(v.shape), v.dtype)
-      into[name] = (p, None)
+      into[name] = (name, None)
       continue
-    buffers[p] = None
+    buffers[name] = None
     for i in range(v.shape[0]):
       layer_path = f"{m.group(1)}.{i}.{m.group(2)}"
       specs[layer_path] = (tuple(v.shape[1:]), v.dtype)
-      into[layer_path] = (p, i)
-  stacked_shapes = {p: v.shape for p, v in param_leaves(model) if p in buffers}
+      into[layer_path] = (name, i)
   entries = build_entries(specs)
   sd = {}
   for k in state_dict:
@@ -285,7 +279,7 @@ def torch_to_jax(
   needed = {e.torch_key for e in entries}
   missing = sorted(needed - sd.keys())
   unknown = sorted(sd[k] for k in sd.keys() - needed if not (ignore and ignore(sd[k])))
-  out: dict[tuple, np.ndarray] = {}
+  out: dict[str, Any] = {}
   bad_shapes = []
   for e in entries:
     if e.torch_key not in sd:
@@ -305,7 +299,7 @@ def torch_to_jax(
         out[path] = jnp.array(arr, dtype=dtype)
       else:  # one layer of a stacked leaf: a host copy into its buffer
         if buffers[path] is None:
-          buffers[path] = np.empty(stacked_shapes[path], dtype)
+          buffers[path] = np.empty(like[path].shape, dtype)
         buffers[path][layer] = arr
     if release is not None:
       release(t)
@@ -320,20 +314,20 @@ def torch_to_jax(
     raise ConversionError(f"{source} does not match the model: " + " | ".join(problems))
   for path in list(buffers):
     out[path] = jnp.asarray(buffers.pop(path))
-  return out
+  return params_lib.unflatten(out)
 
 
-def jax_to_torch(params: nnx.Module | Mapping[str, Any], *, weight_norm: str = "new",
-                 consume: bool = False) -> dict[str, np.ndarray]:
-  """A model's params (or {dotted JAX path: array}) as a torch-layout {key: numpy array}.
+def jax_to_torch(params: dict, *, weight_norm: str = "new", consume: bool = False) -> dict[str, np.ndarray]:
+  """Params as a torch-layout {key: numpy array}.
 
-  `consume=True` pops each entry from `params` (a dict the caller owns) once converted,
-  so a transposed copy never coexists with the whole input (bounded conversion memory).
+  `consume=True` empties `params` (a dict the caller owns) and drops each array once
+  converted, so a transposed copy never coexists with the whole input (bounded
+  conversion memory).
   """
-  if isinstance(params, nnx.Module):
-    params = {path_str(p): v[...] for p, v in param_leaves(params)}
-  if not consume:
-    params = dict(params)
+  flat = params_lib.flatten(params)
+  if consume:
+    params.clear()
+  params = flat
   stacked = [p for p in params if _STACKED.fullmatch(p)]  # -> per-layer views of one host array each
   params.update(unstack_layers({p: np.asarray(params.pop(p)) for p in stacked}))
   out = {}
@@ -343,20 +337,9 @@ def jax_to_torch(params: nnx.Module | Mapping[str, Any], *, weight_norm: str = "
   return out
 
 
-def assign(model: nnx.Module, arrays: Mapping[tuple, Any]) -> None:
-  """Writes {path tuple: array} into a concrete model's params (all must be present)."""
-  state = nnx.state(model, nnx.Param)
-  flat = nnx.to_flat_state(state)
-  missing = [path_str(p) for p, _ in flat if p not in arrays]
-  if missing:
-    raise ConversionError(f"no value for {len(missing)} parameter(s): {missing[:10]}")
-  new = nnx.from_flat_state([(p, v.replace(value=arrays[p])) for p, v in flat])
-  nnx.update(model, new)
-
-
-def torch_shapes(model: nnx.Module, *, weight_norm: str = "new") -> dict[str, tuple[int, ...]]:
-  """The torch key -> shape map a model exports to, from shapes alone (works on abstract models)."""
-  shapes = {path_str(p): np.broadcast_to(np.uint8(0), v.shape) for p, v in param_leaves(model)}
+def torch_shapes(params: Mapping, *, weight_norm: str = "new") -> dict[str, tuple[int, ...]]:
+  """The torch key -> shape map params export to, from shapes alone (abstract params work)."""
+  shapes = {p: np.broadcast_to(np.uint8(0), v.shape) for p, v in params_lib.flatten(params).items()}
   shapes = {p: a.shape for p, a in unstack_layers(shapes).items()}  # views of one byte
   return {
       output_key(e.torch_key, weight_norm): _expected_torch_shape(e.transform, [shapes[p] for p in e.jax_paths])

@@ -77,8 +77,8 @@ def encoder_fingerprint(params: Mapping, config) -> str:
   """sha256 of one encoder's eval-relevant config and params (see module docstring).
 
   `params` is the encoder's nested params dict (`params["joint_encoder"]["audio_encoder1"]`
-  of a checkpoint tree, or `checkpoint.model_params(encoder)`), host or device arrays."""
-  from dualtalk_jax import checkpoint
+  of a checkpoint tree, or `params.of(encoder)`), host or device arrays."""
+  from dualtalk_jax import params as params_lib
   from dualtalk_jax.convert import table
 
   h = hashlib.sha256()
@@ -86,7 +86,7 @@ def encoder_fingerprint(params: Mapping, config) -> str:
   # Hashed in the unrolled layer layout, so the stacked and the unrolled layout of the
   # same weights (and caches made before layer scanning) share a fingerprint.
   flat = {tuple(k.split(".")): v for k, v in table.unstack_layers(
-      {".".join(p): np.asarray(v) for p, v in checkpoint.flatten_tree(params).items()}).items()}
+      {p: np.asarray(v) for p, v in params_lib.flatten(params).items()}).items()}
   for path in sorted(flat):
     if tuple(path) in UNUSED_PARAMS:
       continue
@@ -138,7 +138,7 @@ def not_weights_message(source: str) -> str:
 
 def load_weights(source: str) -> EncoderWeights:
   """The encoders of a dualtalk-jax checkpoint / training workdir, or of a local HF wav2vec2 dir."""
-  from dualtalk_jax import checkpoint
+  from dualtalk_jax import checkpoint, params as params_lib
 
   source = os.path.abspath(os.fspath(source))
   kind = source_kind(source)
@@ -156,7 +156,7 @@ def load_weights(source: str) -> EncoderWeights:
     cfg = Wav2Vec2Config.from_json(source)
     model = Wav2Vec2Model(cfg, rngs=nnx.Rngs(params=0, dropout=1))
     hf_wav2vec2.load_into(model, source)
-    p = jax_to_numpy(checkpoint.model_params(model))
+    p = jax_to_numpy(params_lib.of(model))
     return EncoderWeights((p, p), cfg, source, kind)
   raise FileNotFoundError(not_weights_message(source))
 
@@ -180,21 +180,18 @@ def make_encode_fn(config, window_frames: int):
   import jax.numpy as jnp
   from flax import nnx
 
-  from dualtalk_jax import checkpoint
+  from dualtalk_jax import params as params_lib
   from dualtalk_jax.models.wav2vec2 import Wav2Vec2Model
 
   model = nnx.eval_shape(lambda: Wav2Vec2Model(config, rngs=nnx.Rngs(params=0, dropout=1)))
   model.eval()
-  graph, abstract, rest = nnx.split(model, nnx.Param, ...)
-  template = list(nnx.to_flat_state(abstract))
+  graph, _, rest = nnx.split(model, nnx.Param, ...)
   rest = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype) if not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
                       else jax.random.wrap_key_data(jnp.zeros(x.shape + (2,), jnp.uint32)), rest)
   w = int(window_frames)
 
   def encode(params, audio):
-    flat = checkpoint.flatten_tree(params)
-    state = nnx.from_flat_state([(p, v.replace(value=flat[tuple(str(k) for k in p)])) for p, v in template])
-    enc = nnx.merge(graph, state, jax.tree.map(jnp.asarray, rest))
+    enc = params_lib.merge(graph, params, jax.tree.map(jnp.asarray, rest))
     n = audio.shape[0]
     h, _ = enc(audio, input_lengths=jnp.full((n,), w * records.HOP, jnp.int32), num_frames=jnp.full((n,), w, jnp.int32),
                max_frames=w)

@@ -33,7 +33,7 @@ from typing import Sequence
 
 import numpy as np
 
-from dualtalk_jax import audio, hostmem
+from dualtalk_jax import audio, hostmem, params as params_lib
 from dualtalk_jax.files import InputError
 from dualtalk_jax.progress import Progress
 
@@ -90,7 +90,7 @@ def load_model(checkpoint_path: str, *, config: str = "large", wav2vec2_config: 
   else:
     params, cfg, _ = checkpoint.restore_params(path)
   model = DualTalk(cfg, rngs=make_rngs(0))
-  checkpoint.load_params_into(model, params)
+  params_lib.load(model, params)
   model.eval()
   return model
 

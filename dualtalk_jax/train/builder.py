@@ -111,13 +111,19 @@ class Program:
 
   def abstract_state(self) -> dict:
     """The train state as `jax.ShapeDtypeStruct`s carrying their shardings (nothing allocated)."""
-    shapes = jax.eval_shape(lambda p: _state(self.tx, p), self.model_def.abstract_params)
+    shapes = jax.eval_shape(lambda p: step_lib.train_state(self.tx, p), self.model_def.abstract_params)
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, self.state_shardings)
 
-  def init_state(self, params) -> dict:
-    """The train state at step 0 from `params` (host or device arrays), placed by the sharding rules."""
+  def init_state(self, params=None) -> dict:
+    """The train state at step 0, made by a jit whose `out_shardings` are the sharding
+    rules': fresh params from `config.seed` (params None; each device materialises only
+    its own shards), else `params` (host or device arrays) placed by the rules."""
+    if params is None:
+      seed = self.config.seed
+      return jax.jit(lambda: step_lib.train_state(self.tx, self.model_def.init_params(seed)),
+                     out_shardings=self.state_shardings)()
     params = jax.device_put(params, self.state_shardings["params"])
-    return jax.jit(lambda p: _state(self.tx, p), out_shardings=self.state_shardings)(params)
+    return jax.jit(lambda p: step_lib.train_state(self.tx, p), out_shardings=self.state_shardings)(params)
 
   def shard_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     """This host's rows of a training batch -> global arrays (the train step's keys only)."""
@@ -158,10 +164,6 @@ class Program:
     return self.evaluate(params, ds, scores=data.get("eval_metrics", True))
 
 
-def _state(tx, params) -> dict:
-  return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
-
-
 def _agree_max(n: int) -> int:
   if jax.process_count() == 1:
     return int(n)
@@ -195,7 +197,7 @@ def build(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | Non
   model_def = make_model_def(config, cfg)
   ocfg = optim_config(config)
   tx = step_lib.make_optimizer(ocfg, model_def.abstract_params)
-  shapes = jax.eval_shape(lambda p: _state(tx, p), model_def.abstract_params)
+  shapes = jax.eval_shape(lambda p: step_lib.train_state(tx, p), model_def.abstract_params)
   shardings = step_lib.state_shardings(shapes, mesh)
   cached = uses_feature_cache(config)
   train_step = step_lib.make_train_step(model_def, tx, seed=config.seed, grad_accum=config.grad_accum, mesh=mesh,

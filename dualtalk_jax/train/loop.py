@@ -28,6 +28,7 @@ have the fingerprint the cache was made with, else the run refuses to start
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -40,8 +41,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from dualtalk_jax import checkpoint, sharding
-from dualtalk_jax.aot import peak_flops
+from dualtalk_jax import checkpoint, params as params_lib, sharding
+from dualtalk_jax.aot import jaxpr_flops, peak_flops
 from dualtalk_jax.config import DualTalkConfig
 from dualtalk_jax.progress import Progress
 from dualtalk_jax.train import builder, step as step_lib
@@ -62,21 +63,26 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]
   return config
 
 
-def initial_params(config, model_def: step_lib.ModelDef) -> dict:
-  """Params to start from: a converted DualTalk checkpoint, else fresh init (+ pretrained wav2vec2)."""
+def initial_state(config, program: builder.Program) -> dict:
+  """The state a new run starts from: a converted DualTalk checkpoint's params (restored
+  into their shards), else fresh params (each device initialises its own shards), with
+  the wav2vec2 encoders loaded from `pretrained_wav2vec2` if set."""
+  cfg = program.model_config
   if config.get("init_checkpoint"):
-    params, cfg, _ = checkpoint.restore_params(config.init_checkpoint, scan_layers=model_def.config.scan_layers)
-    if cfg != model_def.config:
+    stored = checkpoint.read_model_config(config.init_checkpoint)
+    if dataclasses.replace(stored, scan_layers=cfg.scan_layers) != cfg:
       raise ValueError(f"{config.init_checkpoint}: its model config differs from the run's")
-    return params
+    params, _, _ = checkpoint.restore_params(config.init_checkpoint, scan_layers=cfg.scan_layers,
+                                             target=program.abstract_state()["params"])
+    return program.init_state(params)
   if config.get("pretrained_wav2vec2"):
     from dualtalk_jax.convert import hf_wav2vec2
     from dualtalk_jax.models.dualtalk import DualTalk, make_rngs
 
-    model = DualTalk(model_def.config, rngs=make_rngs(config.seed))
+    model = DualTalk(cfg, rngs=make_rngs(config.seed))
     hf_wav2vec2.init_dualtalk_encoders(model, config.pretrained_wav2vec2)
-    return checkpoint.model_params(model)
-  return model_def.init_params(config.seed)
+    return program.init_state(params_lib.of(model))
+  return program.init_state()
 
 
 def synthetic_data_dir(workdir: str, split: str) -> str:
@@ -304,7 +310,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     with _host_reads():
       state = ckpt.restore_latest(program.abstract_state(), data_iter)
       if state is None:
-        state = program.init_state(initial_params(config, program.model_def))
+        state = initial_state(config, program)
       else:
         logging.info("resumed from %s step %d", ckpt.root, int(jax.device_get(state["step"])))
       if program.feature_cache:
@@ -319,14 +325,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       flops_per_step, peak = 0.0, peak_flops(jax.devices()[0])
       metrics: dict[str, Any] = {}
       batch = None
-      if start_step < config.total_steps:  # compile once, ahead of time, and keep its cost analysis
+      if start_step < config.total_steps:  # compile once, ahead of time, and count its FLOPs
         batch = program.shard_batch(next(data_iter))
         logging.info("compiling the train step")
         t_compile = time.time()
-        train_step = program.train_step.lower(state, batch).compile()
-        cost = train_step.cost_analysis()
-        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-        flops_per_step = float(cost.get("flops", 0.0)) if cost else 0.0
+        traced = program.train_step.trace(state, batch)
+        flops_per_step = jaxpr_flops(traced.jaxpr)  # all devices; scanned layers counted per layer
+        train_step = traced.lower().compile()
         logging.info("compiled the train step in %.1f s; training steps %d to %d", time.time() - t_compile,
                      start_step + 1, config.total_steps)
     validating = bool(config.eval_every and config.data.get("val_dir"))

@@ -1,12 +1,13 @@
 """Pure, jitted training and prediction steps over an explicit train state.
 
 The model is split once (`nnx.split`) into a graph definition and its params; params
-live in the train state as the nested string-keyed dict that checkpoints store
-(`checkpoint.params_tree`), so the optimizer state, the sharding rules and the
-checkpoints all address a parameter by the same path. `nnx.merge` happens only inside
-the traced step. Dropout/SpecAugment/LayerDrop randomness is a pure function of
-(seed, step, micro-batch): the step reseeds the model's 'dropout' streams, so a resumed
-run draws exactly what a straight run draws.
+live in the train state in the library's one form (`dualtalk_jax.params`, what
+checkpoints store), so the optimizer state, the sharding rules and the checkpoints all
+address a parameter by the same path. `nnx.merge` happens only inside traced functions,
+fresh params included (`ModelDef.init_params` under a jit with `out_shardings`).
+Dropout/SpecAugment/LayerDrop randomness is a pure function of (seed, step, micro-batch):
+the step reseeds the model's 'dropout' streams, so a resumed run draws exactly what a
+straight run draws.
 
 Frozen wav2vec2 mode (`ModelDef(frozen_encoders=True)` with
 `OptimConfig(freeze_wav2vec2=True)`): both encoders run in eval mode and get no gradient
@@ -29,7 +30,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from dualtalk_jax import checkpoint, sharding
+from dualtalk_jax import params as params_lib, sharding
 from dualtalk_jax.config import DualTalkConfig
 from dualtalk_jax.models.dualtalk import DualTalk, frame_mask, freeze_audio_encoders, make_rngs
 from dualtalk_jax.train.loss import dualtalk_loss
@@ -69,13 +70,10 @@ def learning_rate_schedule(cfg: OptimConfig) -> optax.Schedule:
 def param_labels(params, *, feature_extractor: bool = True, encoders: bool = False) -> Any:
   """"frozen" for the conv feature extractors (if `feature_extractor`) and the whole
   wav2vec2 encoders (if `encoders`), "train" elsewhere."""
-  paths = checkpoint.flatten_tree(params)
-
-  def frozen(p):
-    name = ".".join(p)
+  def frozen(name):
     return bool((feature_extractor and FROZEN.fullmatch(name)) or (encoders and ENCODERS.fullmatch(name)))
 
-  return checkpoint.params_tree({p: ("frozen" if frozen(p) else "train") for p in paths})
+  return params_lib.unflatten({p: ("frozen" if frozen(p) else "train") for p in params_lib.flatten(params)})
 
 
 def make_optimizer(cfg: OptimConfig, params) -> optax.GradientTransformation:
@@ -103,26 +101,23 @@ class ModelDef:
     model.train()
     if frozen_encoders:
       freeze_audio_encoders(model)
-    self.train_graph, abstract, self.rest = nnx.split(model, nnx.Param, ...)
+    self.train_graph, _, self.rest = nnx.split(model, nnx.Param, ...)
     model.eval()
     self.eval_graph, _, _ = nnx.split(model, nnx.Param, ...)
-    self._template = list(nnx.to_flat_state(abstract))
-    self.abstract_params = checkpoint.params_tree(
-        {p: jax.ShapeDtypeStruct(v.shape, v.dtype) for p, v in self._template}
-    )
+    self.abstract_params = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), params_lib.of(model))
     # the rng state leaves are key arrays: concrete placeholders, reseeded every step
     self.rest = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype) if not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
                              else jax.random.wrap_key_data(jnp.zeros(x.shape + (2,), jnp.uint32)), self.rest)
 
   def merge(self, params, *, train: bool) -> DualTalk:
-    flat = checkpoint.flatten_tree(params)
-    state = nnx.from_flat_state([(p, v.replace(value=flat[tuple(str(k) for k in p)])) for p, v in self._template])
     rest = jax.tree.map(jnp.asarray, self.rest)  # fresh Variables at the caller's trace level
-    return nnx.merge(self.train_graph if train else self.eval_graph, state, rest)
+    return params_lib.merge(self.train_graph if train else self.eval_graph, params, rest)
 
   def init_params(self, seed: int) -> dict:
-    """Fresh params (torch-style init for DualTalk layers, HF-style for wav2vec2)."""
-    return checkpoint.model_params(DualTalk(self.config, rngs=make_rngs(seed)))
+    """Fresh params (torch-style init for DualTalk layers, HF-style for wav2vec2). Under a
+    jit whose `out_shardings` place them (`builder.Program.init_state`), every device makes
+    only its own shards."""
+    return params_lib.of(DualTalk(self.config, rngs=make_rngs(seed)))
 
 
 def forward(model: DualTalk, batch: dict, max_frames: int):
@@ -209,17 +204,10 @@ def make_eval_step(model_def: ModelDef, *, mesh: Mesh, param_shardings) -> Calla
   return jax.jit(eval_fn, in_shardings=(param_shardings, batch_sh), out_shardings=sharding.batch_sharding(mesh, 3))
 
 
-def init_state(model_def: ModelDef, tx: optax.GradientTransformation, params, *, mesh: Mesh | None = None):
-  """The train state (params from `params`, host or device), placed by the sharding rules."""
-  def build(p):
-    return {"step": jnp.zeros((), jnp.int32), "params": p, "opt_state": tx.init(p)}
-
-  if mesh is None:
-    return jax.jit(build)(params), None
-  abstract = jax.eval_shape(build, model_def.abstract_params)
-  shardings = state_shardings(abstract, mesh)
-  params = jax.device_put(params, shardings["params"])
-  return jax.jit(build, out_shardings=shardings)(params), shardings
+def train_state(tx: optax.GradientTransformation, params) -> dict:
+  """The train state at step 0: {'step', 'params', 'opt_state'} (jit it, with the
+  shardings of `state_shardings` as `out_shardings` on a mesh)."""
+  return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
 
 
 def state_shardings(abstract_state, mesh: Mesh):
