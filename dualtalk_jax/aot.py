@@ -16,7 +16,6 @@ little of the HBM, so a step within a few hundred MiB of the limit may still not
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from typing import Any, Sequence
 
@@ -87,8 +86,6 @@ def get_topology(topology_name: str, *, num_slices: int = 1, chips_per_host_boun
   """The devices of a TPU slice described by libtpu (no TPU needed). Requires libtpu."""
   if not libtpu_available():
     raise RuntimeError("libtpu is not installed: pip install -r requirements-tpu.txt")
-  # libtpu takes a per-machine lockfile; a compile-only client needs no exclusive access.
-  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   from jax.experimental import topologies
 
   return topologies.get_topology_desc(platform="tpu", topology_name=topology_name,
@@ -185,7 +182,6 @@ def build(config: ml_collections.ConfigDict, devices) -> tuple[Any, ...]:
 def compile_steps(config: ml_collections.ConfigDict, topology_name: str, *, efficiency: float = 0.5,
                   predict: bool = True, num_slices: int = 1, log=print) -> Result:
   """Lowers and compiles the train (and prediction) step of `config` for a TPU topology."""
-  jax.config.update("jax_threefry_partitionable", True)
   topo = get_topology(topology_name, num_slices=num_slices)
   devices = topo.devices
   mesh, train_step, eval_step, state, batch, eval_batch = build(config, devices)

@@ -15,6 +15,8 @@ import os
 import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # compile for the TPU topology; run nothing
+# libtpu takes a per-machine lockfile; a compile-only client needs no exclusive access.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402

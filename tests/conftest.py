@@ -7,9 +7,11 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 SHARED = ROOT.parent / "shared"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# aot_test's compile-only libtpu client needs no exclusive access (as experiments.aot_compile).
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 # Several virtual CPU devices for the sharding tests; set before jax creates its CPU client.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 
 from dualtalk_jax import runtime  # noqa: E402
 
-runtime.configure()  # as every entry point does (the XLA CPU workaround, quiet logs)
+runtime.configure()  # as every entry point does

@@ -284,7 +284,6 @@ def _check_finite(first_bad, checked: int, done: int, root: str) -> None:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains per `config` in `workdir` (resuming if it holds a checkpoint); returns the last metrics."""
-  jax.config.update("jax_threefry_partitionable", True)
   workdir = os.path.abspath(workdir)
   with _host_reads():
     if config.synthetic.enabled:
