@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from dualtalk_jax import sharding
+from dualtalk_jax import audio, sharding
 from dualtalk_jax.train import builder, step as step_lib
 
 GiB = 1024**3
@@ -98,7 +98,7 @@ def abstract_batch(mesh, batch_size: int, window_frames: int,
   """The training batch (`data.pipeline` keys, shapes and dtypes) as sharded shapes.
 
   With `features_hidden`, the feature-cache batch (cached wav2vec2 outputs, no audio)."""
-  a, f = window_frames * 640, window_frames
+  a, f = window_frames * audio.SAMPLES_PER_FRAME, window_frames
   shapes = {"motion_self": ((batch_size, f, 56), jnp.float32), "motion_other": ((batch_size, f, 56), jnp.float32),
             "motion_other_lengths": ((batch_size,), jnp.int32), "num_frames": ((batch_size,), jnp.int32)}
   if features_hidden:

@@ -60,8 +60,7 @@ import numpy as np
 
 from dualtalk_jax.data import records
 from dualtalk_jax import hostmem
-
-HOP = 640
+from dualtalk_jax.audio import SAMPLES_PER_FRAME
 
 
 def _process(process_index, process_count):
@@ -157,14 +156,15 @@ class _Windows(grain.experimental.FlatMapTransform):
 
   def flat_map(self, block):
     w, out = self.w, []
-    n_audio = np.int32(w * HOP)
+    n_audio = np.int32(w * SAMPLES_PER_FRAME)
     n_frames = np.int32(w)
     for cid, win, d in block.items:
       clip = block.clips[cid]
       f0 = win * w
       if self.shared is None:
         a_s, a_o, m_s, m_o = _pair(clip, d)
-        inputs = {"audio_self": a_s[f0 * HOP:(f0 + w) * HOP], "audio_other": a_o[f0 * HOP:(f0 + w) * HOP]}
+        lo, hi = f0 * SAMPLES_PER_FRAME, (f0 + w) * SAMPLES_PER_FRAME
+        inputs = {"audio_self": a_s[lo:hi], "audio_other": a_o[lo:hi]}
       else:
         s, o = (1, 2) if d == 0 else (2, 1)
         m_s, m_o = clip[f"motion_{s}"], clip[f"motion_{o}"]
@@ -289,10 +289,10 @@ class _PadBatch:
     real = [s for s in samples if s is not None]
     t_max = max([s["motion_self"].shape[0] for s in real] + [1])
     a_max = max([max(s["audio_self"].size, s["audio_other"].size) for s in real] + [1])
-    t_pad = -(-max(t_max, -(-a_max // HOP)) // self.bucket) * self.bucket
+    t_pad = -(-max(t_max, -(-a_max // SAMPLES_PER_FRAME)) // self.bucket) * self.bucket
     b = self.b
-    out = {"audio_self": np.zeros((b, t_pad * HOP), np.float32),
-           "audio_other": np.zeros((b, t_pad * HOP), np.float32),
+    out = {"audio_self": np.zeros((b, t_pad * SAMPLES_PER_FRAME), np.float32),
+           "audio_other": np.zeros((b, t_pad * SAMPLES_PER_FRAME), np.float32),
            "motion_self": np.zeros((b, t_pad, 56), np.float32),
            "motion_other": np.zeros((b, t_pad, 56), np.float32)}
     for k in ("audio_self_lengths", "audio_other_lengths", "motion_other_lengths",

@@ -30,12 +30,13 @@ import ml_collections
 import numpy as np
 
 from dualtalk_jax.config import ABLATIONS
+from dualtalk_jax.eval import metrics
 
 # Variant name -> DualTalkConfig.ablation, in the paper's Tab. 6 row order.
 VARIANTS = {"full": "", **{k: k for k in ABLATIONS if k}}
 FINISHED = "metrics.json"
 TABLE_METRICS = (("FD", "fid", "lower"), ("P-FD", "p_fid", "lower"), ("MSE", "mse", "lower"), ("SID", "sid", "higher"))
-TABLE_GROUPS = ("exp", "jaw", "pose")
+TABLE_GROUPS = tuple(g for g, *_ in metrics.GROUPS)  # the released keys: exp, jaw, pose
 # The paper's Tab. 6 (its own power-of-ten column scales; comparable across rows only).
 PAPER_TAB6 = {
     "full": (11.14, 1.90, 3.83, 11.88, 1.97, 3.97, 3.59, 1.04, 1.72, 3.48, 2.23, 1.72),
@@ -83,7 +84,7 @@ def score_records(model, val_dir: str, *, batch_size: int = 8, bucket_seconds: f
   """Released metrics (+ speaking/listening) of `model` on every clip of a preprocessed
   split, both directions, one whole-clip pass each; means over directions."""
   from dualtalk_jax.data import pipeline, records
-  from dualtalk_jax.eval import activity, metrics, predict
+  from dualtalk_jax.eval import activity, predict
 
   manifest = records.load_manifest(val_dir)
   reader = pipeline.ClipReader(val_dir, manifest)

@@ -40,7 +40,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from dualtalk_jax import checkpoint, sharding
+from dualtalk_jax import audio, checkpoint, sharding
 from dualtalk_jax.aot import peak_flops
 from dualtalk_jax.config import DualTalkConfig
 from dualtalk_jax.progress import Progress
@@ -112,7 +112,7 @@ def ensure_synthetic_data(config, workdir: str, log=logging.info) -> None:
         continue
       raw = os.path.join(os.path.abspath(workdir), "synthetic", name)
       t = time.time()
-      mb = num * (syn.min_seconds + syn.max_seconds) / 2 * 2 * 16000 * 4 / 1e6
+      mb = num * (syn.min_seconds + syn.max_seconds) / 2 * 2 * audio.SAMPLE_RATE * 4 / 1e6
       log(f"synthesizing {num} {name} conversations into {raw} (about {mb:.0f} MB)")
       synthetic.synthesize(raw, num, syn.seed, first_index=first, min_seconds=syn.min_seconds,
                            max_seconds=syn.max_seconds)

@@ -36,13 +36,13 @@ from typing import Any
 import jax
 import numpy as np
 
+from dualtalk_jax import audio
 from dualtalk_jax.data import pipeline, records
 from dualtalk_jax.eval import evaluate
 from dualtalk_jax.train import builder, loop
-from dualtalk_jax.train.loss import GROUPS
 from experiments.configs import quickstart as quickstart_config
 
-JAW_OPEN = 50  # jaw = columns 50:53 (FLAME pose[:, 3:6]); 50 opens the mouth
+JAW_OPEN = audio.MOTION_GROUPS["jaw"].start  # the jaw is FLAME pose[:, 3:6]; its first column opens the mouth
 
 
 def mean_pose(train_dir: str) -> np.ndarray:
@@ -91,7 +91,7 @@ def evaluate_against_baseline(config, out: dict[str, Any], pred_dir: str) -> dic
       targets.append(rec[f"motion_{me}"])
   whole = predict.predict_clips(model, clips, batch_size=config.data.eval_batch_size, bucket_seconds=8.0)
   os.makedirs(pred_dir, exist_ok=True)
-  groups = list(GROUPS.items()) + [("all", slice(0, 56))]
+  groups = list(audio.MOTION_GROUPS.items()) + [("all", slice(0, audio.MOTION_DIM))]
   sums = {f"{who}_{g}": 0.0 for who in ("model", "model_whole", "baseline") for g, _ in groups}
   counts = {g: 0 for g, _ in groups}
   jaw_r = {"model": [], "model_whole": []}
