@@ -186,7 +186,7 @@ def compile_steps(config: ml_collections.ConfigDict, topology_name: str, *, effi
   devices = topo.devices
   mesh, train_step, eval_step, state, batch, eval_batch = build(config, devices)
   log(f"{topology_name}: {len(devices)} x {devices[0].device_kind}, mesh {dict(mesh.shape)}, "
-      f"{config.compute_dtype}, remat={config.get('remat', '') or 'off'}: compiling the train step")
+      f"{config.compute_dtype}, remat={config.remat or 'off'}: compiling the train step")
   t = time.time()
   compiled = train_step.lower(state, batch).compile()
   steps = [_report("train", compiled, time.time() - t)]
@@ -198,7 +198,7 @@ def compile_steps(config: ml_collections.ConfigDict, topology_name: str, *, effi
     log(f"  prediction step compiled in {steps[1].compile_s:.0f} s")
   chip = chip_of(topology_name)
   return Result(topology_name, slice_name(topology_name, len(devices)), len(devices), devices[0].device_kind,
-                chip.hbm_bytes, peak_flops(devices[0]), dict(mesh.shape), config.compute_dtype, config.get("remat", ""),
+                chip.hbm_bytes, peak_flops(devices[0]), dict(mesh.shape), config.compute_dtype, config.remat,
                 config.batch_size, config.data.window_frames, efficiency, steps)
 
 

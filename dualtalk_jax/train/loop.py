@@ -64,12 +64,12 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]
 
 def initial_params(config, model_def: step_lib.ModelDef) -> dict:
   """Params to start from: a converted DualTalk checkpoint, else fresh init (+ pretrained wav2vec2)."""
-  if config.get("init_checkpoint"):
+  if config.init_checkpoint:
     params, cfg, _ = checkpoint.restore_params(config.init_checkpoint, scan_layers=model_def.config.scan_layers)
     if cfg != model_def.config:
       raise ValueError(f"{config.init_checkpoint}: its model config differs from the run's")
     return params
-  if config.get("pretrained_wav2vec2"):
+  if config.pretrained_wav2vec2:
     from dualtalk_jax.convert import hf_wav2vec2
     from dualtalk_jax.models.dualtalk import DualTalk, make_rngs
 
@@ -182,7 +182,7 @@ def train_iterator(config) -> ShardedIterator:
   from dualtalk_jax.data import pipeline
 
   n_proc, pi = jax.process_count(), jax.process_index()
-  shards = config.data.get("num_shards", 0) or n_proc
+  shards = config.data.num_shards or n_proc
   if shards % n_proc or config.batch_size % shards:
     raise ValueError(f"data.num_shards {shards} must be a multiple of the {n_proc} processes and divide batch_size "
                      f"{config.batch_size}")
@@ -328,7 +328,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         flops_per_step = float(cost.get("flops", 0.0)) if cost else 0.0
         logging.info("compiled the train step in %.1f s; training steps %d to %d", time.time() - t_compile,
                      start_step + 1, config.total_steps)
-    validating = bool(config.eval_every and config.data.get("val_dir"))
+    validating = bool(config.eval_every and config.data.val_dir)
     t0, last_log_step = time.time(), start_step
     checked = start_step  # the last step whose loss (and all before it) is known to be finite
     for step in range(start_step, config.total_steps):
