@@ -1,4 +1,5 @@
-"""Shared pytest set-up: repo root on sys.path, 8 virtual CPU devices, the entry points' runtime set-up."""
+"""Shared pytest set-up (repo root on sys.path, 8 virtual CPU devices, the entry points' runtime
+set-up) and the helpers several test files use."""
 import os
 import pathlib
 import sys
@@ -15,3 +16,20 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_
 from dualtalk_jax import runtime  # noqa: E402
 
 runtime.configure()  # as every entry point does
+
+
+def perturbed_model(cfg=None, seed=0, scale=0.05):
+  """A model (default: the tiny config) with every parameter, LayerNorms and biases too, moved
+  off its init value, in eval mode."""
+  import numpy as np
+
+  from dualtalk_jax.config import CONFIGS
+  from dualtalk_jax.convert import table
+  from dualtalk_jax.models.dualtalk import DualTalk, make_rngs
+
+  model = DualTalk(cfg or CONFIGS["tiny"], rngs=make_rngs(seed))
+  rng = np.random.default_rng(seed)
+  table.assign(model, {p: np.asarray(v[...]) + rng.normal(0, scale, v.shape).astype(np.float32)
+                       for p, v in table.param_leaves(model)})
+  model.eval()
+  return model
