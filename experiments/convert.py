@@ -28,7 +28,7 @@ from experiments import configs
 
 _INPUT = flags.DEFINE_string("input", None, "A .pth/.pt/.safetensors file, an orbax checkpoint directory or a training workdir.", required=True)
 _OUTPUT = flags.DEFINE_string("output", None, "A checkpoint directory (from a torch file) or a .pth/.safetensors file.", required=True)
-_CONFIG = configs.define_config_flag(configs.DUALTALK + ":large", "Config file, path.py[:arg]: its model (config.model, config.wav2vec2_config) is that of a torch input which records none; exports and checkpoints record theirs (the released DualTalk.pth: dualtalk.py:large). A model name (--config=large) still works.")
+_CONFIG = configs.define_model_config_flag()
 _WAV2VEC2_CONFIG = flags.DEFINE_string("wav2vec2_config", None, "A HF wav2vec2 config.json replacing the config's wav2vec2 part.")
 _WEIGHT_NORM = flags.DEFINE_enum("weight_norm", "new", list(table.WEIGHT_NORM_NAMINGS), "Weight-norm key naming written to torch: new (parametrizations.weight.original0/1) or legacy (weight_g/weight_v).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing output.")

@@ -4,7 +4,7 @@ r"""Scores predictions of a DualTalk split with the paper's metrics (released `m
   python -m experiments.evaluate --data_dir=data/test --pred_dir=preds --output=metrics.json
   # predict every clip in both directions with a checkpoint, then score
   python -m experiments.evaluate --data_dir=data/test --checkpoint=ckpt/dualtalk_large --output=metrics.json
-  python -m experiments.evaluate --data_dir=data/test --checkpoint=DualTalk.pth --config=large --output=m.json
+  python -m experiments.evaluate --data_dir=data/test --checkpoint=DualTalk.pth --config=experiments/configs/dualtalk.py:large --output=m.json
   # add the vertex metrics LVE and FDD (FLAME meshes; docs/faces.md)
   python -m experiments.evaluate ... --flame_model=generic_model.pkl --flame_masks=FLAME_masks.pkl
 
@@ -33,7 +33,7 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "Raw split folder: <clip>_spea
 _PRED_DIR = flags.DEFINE_string("pred_dir", None, "Folder of <clip>_speakerK.npy predictions (read, or written with --checkpoint).")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Predict first with this checkpoint: orbax dir, workdir or .pth.")
 _OUTPUT = flags.DEFINE_string("output", None, "Metrics JSON to write (a _per_file.csv is written beside it).", required=True)
-_CONFIG = configs.define_config_flag(configs.DUALTALK + ":large", "Config file, path.py[:arg]: its model (config.model, config.wav2vec2_config) is that of a torch checkpoint which records none (the released DualTalk.pth: dualtalk.py:large). A model name (--config=large) still works.")
+_CONFIG = configs.define_model_config_flag()
 _WAV2VEC2_CONFIG = flags.DEFINE_string("wav2vec2_config", None, "A HF wav2vec2 config.json for a torch checkpoint.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Clips per prediction batch.")
 _BUCKET_SECONDS = flags.DEFINE_float("bucket_seconds", 2.0, "Audio is padded to a multiple of this (one compile per bucket).")

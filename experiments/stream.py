@@ -33,7 +33,7 @@ from absl import app, flags
 from experiments import configs
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Orbax checkpoint dir, training workdir, or .pth/.safetensors.", required=True)
-_CONFIG = configs.define_config_flag(configs.DUALTALK + ":large", "Config file, path.py[:arg]: its model (config.model, config.wav2vec2_config) is that of a torch checkpoint which records none (the released DualTalk.pth: dualtalk.py:large). A model name (--config=large) still works.")
+_CONFIG = configs.define_model_config_flag()
 _WAV2VEC2_CONFIG = flags.DEFINE_string("wav2vec2_config", None, "A HF wav2vec2 config.json for a torch checkpoint.")
 _AUDIO_SELF = flags.DEFINE_string("audio_self", None, "The target speaker's audio (not with --microphone).")
 _AUDIO_OTHER = flags.DEFINE_string("audio_other", None, "The partner's audio.", required=True)

@@ -1,8 +1,11 @@
 """Shared pytest set-up (repo root on sys.path, 8 virtual CPU devices, the entry points' runtime
 set-up) and the helpers several test files use."""
+import atexit
 import os
 import pathlib
+import shutil
 import sys
+import tempfile
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -12,6 +15,13 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 # Several virtual CPU devices for the sharding tests; set before jax creates its CPU client.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+# One persistent XLA compilation cache per test session, shared with the CLIs the tests run
+# (subprocesses inherit it): the tiny model's train and prediction steps, compiled again by
+# every test that trains or predicts (and by every CLI process), load the executable instead.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="dtj_test_xla_cache_")
+  atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 from dualtalk_jax import runtime  # noqa: E402
 

@@ -24,6 +24,15 @@ def define_config_flag(default: str | None = None,
   return config_flags.DEFINE_config_file("config", default, help, lock_config=False)
 
 
+def define_model_config_flag():
+  """`--config` of the CLIs that load a checkpoint: its model fields (`model`, `wav2vec2_config`)
+  describe a torch file that records no config (default: the released DualTalk.pth's, large)."""
+  return define_config_flag(DUALTALK + ":large", "Config file, path.py[:arg]: its model (config.model, "
+                            "config.wav2vec2_config) is that of a torch checkpoint that records none (default "
+                            "dualtalk.py:large: the released DualTalk.pth); exports and checkpoints record theirs. "
+                            "A model name (--config=tiny) still works.")
+
+
 def _model_file(name: str) -> str | None:
   """`experiments/configs/dualtalk.py:<name>` for a bare model name, else None."""
   from dualtalk_jax.config import CONFIGS
