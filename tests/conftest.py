@@ -43,3 +43,21 @@ def perturbed_model(cfg=None, seed=0, scale=0.05):
                        for p, v in table.param_leaves(model)})
   model.eval()
   return model
+
+
+def run_config(train_dir, val_dir="", *, window_frames, **overrides):
+  """The quickstart config made small for a training test: the given data (no synthesis), no
+  prefetch threads, batch 8, a log line every step, no validation, no progress bar; then
+  `overrides` (dotted keys, as `loop.apply_overrides`)."""
+  from dualtalk_jax.train import configs, loop
+
+  c = configs.quickstart()
+  c.synthetic.enabled = False
+  c.data.train_dir, c.data.val_dir = train_dir, val_dir
+  c.data.window_frames = window_frames
+  c.data.thread_count = 0
+  c.batch_size = 8
+  c.log_every = 1
+  c.eval_every = 0
+  c.progress_bar = False
+  return loop.apply_overrides(c, overrides)

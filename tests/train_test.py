@@ -11,7 +11,7 @@ import pytest
 from dualtalk_jax import checkpoint
 from dualtalk_jax.data import preprocess, synthetic
 from dualtalk_jax.train import builder, loop, step as step_lib
-from experiments.configs import quickstart
+from conftest import run_config
 
 @pytest.fixture(scope="module")
 def data_dirs(tmp_path_factory):
@@ -25,18 +25,8 @@ def data_dirs(tmp_path_factory):
 
 
 def make_config(data_dirs, **overrides):
-  c = quickstart.get_config()
-  c.synthetic.enabled = False
-  c.data.train_dir, c.data.val_dir = data_dirs["train"], data_dirs["val"]
-  c.data.window_frames = 25
-  c.data.thread_count = 0
-  c.batch_size = 8
-  c.total_steps = 4
-  c.checkpoint_every = 2
-  c.log_every = 1
-  c.eval_every = 0
-  c.progress_bar = False
-  return loop.apply_overrides(c, overrides)
+  return run_config(data_dirs["train"], data_dirs["val"], window_frames=25,
+                    **{"total_steps": 4, "checkpoint_every": 2, **overrides})
 
 
 def run(data_dirs, workdir, **overrides):
