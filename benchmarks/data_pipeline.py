@@ -94,7 +94,10 @@ def _cache_checkpoint(path, hidden, layers):
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax's INFO lines (the cache checkpoint)
+  from dualtalk_jax import runtime
   from dualtalk_jax.data import preprocess, synthetic
+
+  runtime.configure()  # the heap settings training runs with (hostmem.tune_malloc)
 
   work = _WORKDIR.value or tempfile.mkdtemp(prefix="dtj_bench_")
   raw, out = os.path.join(work, "raw"), os.path.join(work, "shards")

@@ -18,7 +18,6 @@ little of the HBM, so a step within a few hundred MiB of the limit may still not
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from typing import Any, Sequence
 
@@ -28,7 +27,7 @@ import ml_collections
 import numpy as np
 from jax.extend import core as jax_core
 
-from dualtalk_jax import sharding
+from dualtalk_jax import audio, sharding
 from dualtalk_jax.train import builder, step as step_lib
 
 GiB = 1024**3
@@ -91,8 +90,6 @@ def get_topology(topology_name: str, *, num_slices: int = 1, chips_per_host_boun
   """The devices of a TPU slice described by libtpu (no TPU needed). Requires libtpu."""
   if not libtpu_available():
     raise RuntimeError("libtpu is not installed: pip install -r requirements-tpu.txt")
-  # libtpu takes a per-machine lockfile; a compile-only client needs no exclusive access.
-  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   from jax.experimental import topologies
 
   return topologies.get_topology_desc(platform="tpu", topology_name=topology_name,
@@ -105,7 +102,7 @@ def abstract_batch(mesh, batch_size: int, window_frames: int,
   """The training batch (`data.pipeline` keys, shapes and dtypes) as sharded shapes.
 
   With `features_hidden`, the feature-cache batch (cached wav2vec2 outputs, no audio)."""
-  a, f = window_frames * 640, window_frames
+  a, f = window_frames * audio.SAMPLES_PER_FRAME, window_frames
   shapes = {"motion_self": ((batch_size, f, 56), jnp.float32), "motion_other": ((batch_size, f, 56), jnp.float32),
             "motion_other_lengths": ((batch_size,), jnp.int32), "num_frames": ((batch_size,), jnp.int32)}
   if features_hidden:
@@ -232,12 +229,11 @@ def build(config: ml_collections.ConfigDict, devices) -> tuple[Any, ...]:
 def compile_steps(config: ml_collections.ConfigDict, topology_name: str, *, efficiency: float = 0.5,
                   predict: bool = True, num_slices: int = 1, log=print) -> Result:
   """Lowers and compiles the train (and prediction) step of `config` for a TPU topology."""
-  jax.config.update("jax_threefry_partitionable", True)
   topo = get_topology(topology_name, num_slices=num_slices)
   devices = topo.devices
   mesh, train_step, eval_step, state, batch, eval_batch = build(config, devices)
   log(f"{topology_name}: {len(devices)} x {devices[0].device_kind}, mesh {dict(mesh.shape)}, "
-      f"{config.compute_dtype}, remat={config.get('remat', '') or 'off'}: compiling the train step")
+      f"{config.compute_dtype}, remat={config.remat or 'off'}: compiling the train step")
   steps = [_compile("train", train_step, (state, batch), len(devices))]
   log(f"  train step compiled in {steps[0].compile_s:.0f} s")
   if predict:
@@ -245,7 +241,7 @@ def compile_steps(config: ml_collections.ConfigDict, topology_name: str, *, effi
     log(f"  prediction step compiled in {steps[1].compile_s:.0f} s")
   chip = chip_of(topology_name)
   return Result(topology_name, slice_name(topology_name, len(devices)), len(devices), devices[0].device_kind,
-                chip.hbm_bytes, peak_flops(devices[0]), dict(mesh.shape), config.compute_dtype, config.get("remat", ""),
+                chip.hbm_bytes, peak_flops(devices[0]), dict(mesh.shape), config.compute_dtype, config.remat,
                 config.batch_size, config.data.window_frames, efficiency, steps)
 
 

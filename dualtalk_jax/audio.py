@@ -28,6 +28,9 @@ FPS = 25
 SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640
 EXP_DIM = 50
 MOTION_DIM = 56  # exp(50) + jaw(3) + neck(3)
+# Column groups of the (T, 56) motion, named as the released model and loss name them; the
+# released metrics call the neck group "pose" (its keys, `eval.metrics.GROUPS`).
+MOTION_GROUPS = {"exp": slice(0, EXP_DIM), "jaw": slice(EXP_DIM, EXP_DIM + 3), "neck": slice(EXP_DIM + 3, MOTION_DIM)}
 # How many frames two lengths of one clip (audio frames, motion frames, prediction frames)
 # may differ by. preprocess, infer and evaluate share it: within it, inputs are cut to the
 # common length (as the released code does); beyond it, the pair is refused.
@@ -154,7 +157,7 @@ def normalize(x: np.ndarray) -> np.ndarray:
 
 def num_frames(num_samples: int) -> int:
   """Output frames for `num_samples` of 16 kHz audio, exactly as the released code."""
-  return math.ceil(num_samples / 16000 * 25)
+  return math.ceil(num_samples / SAMPLE_RATE * FPS)
 
 
 def frame_mismatch(a: tuple[str, int], b: tuple[str, int], tolerance: int = MAX_FRAME_MISMATCH) -> str | None:
@@ -168,7 +171,7 @@ def frame_mismatch(a: tuple[str, int], b: tuple[str, int], tolerance: int = MAX_
 def num_frames_array(num_samples: Any) -> np.ndarray:
   """Vectorised `num_frames` (same float64 operations in the same order, same result)."""
   n = np.asarray(num_samples, dtype=np.float64)
-  return np.ceil(n / 16000 * 25).astype(np.int64)
+  return np.ceil(n / SAMPLE_RATE * FPS).astype(np.int64)
 
 
 class MotionError(ValueError):
@@ -210,7 +213,5 @@ def flame_from_motion(motion: np.ndarray) -> dict[str, np.ndarray]:
   motion = np.asarray(motion, dtype=np.float32)
   if motion.ndim != 2 or motion.shape[1] != MOTION_DIM:
     raise ValueError(f"motion has shape {motion.shape}, expected (T, {MOTION_DIM})")
-  exp = motion[:, :EXP_DIM]
-  jaw = motion[:, EXP_DIM:EXP_DIM + 3]
-  neck = motion[:, EXP_DIM + 3:]
+  exp, jaw, neck = (motion[:, MOTION_GROUPS[g]] for g in ("exp", "jaw", "neck"))
   return {"exp": np.ascontiguousarray(exp), "pose": np.concatenate([neck, jaw], axis=1)}

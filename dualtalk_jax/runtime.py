@@ -1,13 +1,20 @@
 """Process set-up for entry points: `configure()` is the one call that changes the process.
 
-Importing `dualtalk_jax` changes nothing; every `experiments/` entry point (and the test
-suite's conftest) calls `configure()` first thing, before any jax computation:
+Importing `dualtalk_jax` (any module of it) changes nothing, and library functions leave
+the process's settings alone; every `experiments/` entry point (and the test suite's
+conftest) calls `configure()` first thing, before any jax computation:
 
 - XLA:CPU workaround (jaxlib 0.10.2): with the concurrency-optimized thunk scheduler, a
   program with several independent loops (the batched metric kernels' k-means) can park
   every thread of the intra-op pool on a 2-core host, and the call never returns. The
   flag only reorders CPU thunks (same numbers). It must be in `XLA_FLAGS` before jax
   creates its CPU client, which happens at the first computation, not at import.
+- jax's `jax_threefry_partitionable` on (jax's default since 0.5): random draws do not
+  depend on the sharding, so a run's initial parameters and dropout masks are the same on
+  any mesh; set explicitly so that an environment variable cannot change them.
+- glibc heap settings (`hostmem.tune_malloc`: multi-MB buffers from the heap, kept for
+  reuse) and the heap trims between large jitted calls on CPU
+  (`hostmem.release_free_memory`, a no-op in a process not configured).
 - Logging: absl shows INFO, so libraries' INFO chatter would look like trouble to a user.
   Dropped: orbax's INFO lines (about 20 per restore), jax's INFO "Unable to initialize
   backend 'tpu'" on hosts where libtpu is installed but no TPU is present (jax records the
@@ -77,6 +84,13 @@ def quiet_logs() -> None:
 
 
 def configure() -> None:
-  """What every entry point does first: the XLA CPU workaround and quiet logs."""
+  """What every entry point does first: the XLA CPU workaround, partitionable random
+  numbers, the heap settings and quiet logs."""
+  import jax
+
+  from dualtalk_jax import hostmem
+
   add_xla_flags(CPU_FLAG)
+  jax.config.update("jax_threefry_partitionable", True)
+  hostmem.tune_malloc()
   quiet_logs()

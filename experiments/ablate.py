@@ -14,9 +14,10 @@ W/ablation.png. Re-running resumes: finished variants are neither trained nor sc
 import sys
 
 from absl import app, flags
-from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (a get_config(arg) .py).", lock_config=False)
+from experiments import configs
+
+_CONFIG = configs.define_config_flag()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the variants, ablation.json/.md/.png are written (resumes).")
 _VARIANTS = flags.DEFINE_string("variants", "all", "'all' or a comma-separated list of variant names.")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -25,9 +26,11 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from dualtalk_jax.train import ablation, loop
+  from dualtalk_jax import runtime
 
-  loop.quiet_orbax()
+  runtime.configure()
+  from dualtalk_jax.train import ablation
+
   try:
     variants = ablation.parse_variants(_VARIANTS.value)
     with _CONFIG.value.unlocked():
@@ -40,4 +43,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=configs.parse_flags)

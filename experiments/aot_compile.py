@@ -15,11 +15,14 @@ import os
 import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # compile for the TPU topology; run nothing
+# libtpu takes a per-machine lockfile; a compile-only client needs no exclusive access.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (a get_config(arg) .py).", lock_config=False)
+from experiments import configs  # noqa: E402
+
+_CONFIG = configs.define_config_flag()
 _TOPOLOGY = flags.DEFINE_list("topology", ["v5e:4x4"], "libtpu topology name(s): v5e:4x4, v4:2x2x4, v5p:2x2x4, ...")
 _NUM_SLICES = flags.DEFINE_integer("num_slices", 1, "Number of slices (multislice).")
 _EFFICIENCY = flags.DEFINE_float("efficiency", 0.5, "Assumed fraction of peak FLOP/s for step time and MFU.")
@@ -90,4 +93,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=configs.parse_flags)

@@ -22,12 +22,13 @@ import time
 from absl import app, flags
 
 from dualtalk_jax import runtime
-from dualtalk_jax.config import CONFIGS, get_model_config
+from dualtalk_jax.config import get_model_config
 from dualtalk_jax.convert import pytorch, table
+from experiments import configs
 
 _INPUT = flags.DEFINE_string("input", None, "A .pth/.pt/.safetensors file, an orbax checkpoint directory or a training workdir.", required=True)
 _OUTPUT = flags.DEFINE_string("output", None, "A checkpoint directory (from a torch file) or a .pth/.safetensors file.", required=True)
-_CONFIG = flags.DEFINE_enum("config", "large", sorted(CONFIGS), "Model config of a torch input that records none (the released DualTalk.pth: large); exports and checkpoints record theirs.")
+_CONFIG = configs.define_model_config_flag()
 _WAV2VEC2_CONFIG = flags.DEFINE_string("wav2vec2_config", None, "A HF wav2vec2 config.json replacing the config's wav2vec2 part.")
 _WEIGHT_NORM = flags.DEFINE_enum("weight_norm", "new", list(table.WEIGHT_NORM_NAMINGS), "Weight-norm key naming written to torch: new (parametrizations.weight.original0/1) or legacy (weight_g/weight_v).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing output.")
@@ -42,12 +43,13 @@ def main(argv):
     if not os.path.exists(src):
       raise FileNotFoundError(f"{src}: no such file or checkpoint directory")
     cfg = None  # the input's recorded config, else --config
-    if flags.FLAGS["config"].present or _WAV2VEC2_CONFIG.value:
-      cfg = get_model_config(_CONFIG.value, _WAV2VEC2_CONFIG.value)
+    model = configs.torch_model_args(_CONFIG.value, _WAV2VEC2_CONFIG.value)
+    if model["config_given"] or model["wav2vec2_config"]:
+      cfg = get_model_config(model["config"], model["wav2vec2_config"])
     if pytorch.is_torch_file(src):
       if pytorch.is_torch_file(dst):
         raise ValueError(f"{dst}: converting a torch file needs a checkpoint directory as output")
-      out = pytorch.torch_to_checkpoint(src, dst, cfg, overwrite=_OVERWRITE.value, default=_CONFIG.value)
+      out = pytorch.torch_to_checkpoint(src, dst, cfg, overwrite=_OVERWRITE.value, default=model["config"])
     else:
       if not pytorch.is_torch_file(dst):
         raise ValueError(f"{dst}: a checkpoint converts to a .pth, .pt, .bin or .safetensors file")
@@ -60,4 +62,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=configs.parse_flags)

@@ -4,7 +4,7 @@ r"""Scores predictions of a DualTalk split with the paper's metrics (released `m
   python -m experiments.evaluate --data_dir=data/test --pred_dir=preds --output=metrics.json
   # predict every clip in both directions with a checkpoint, then score
   python -m experiments.evaluate --data_dir=data/test --checkpoint=ckpt/dualtalk_large --output=metrics.json
-  python -m experiments.evaluate --data_dir=data/test --checkpoint=DualTalk.pth --config=large --output=m.json
+  python -m experiments.evaluate --data_dir=data/test --checkpoint=DualTalk.pth --config=experiments/configs/dualtalk.py:large --output=m.json
   # add the vertex metrics LVE and FDD (FLAME meshes; docs/faces.md)
   python -m experiments.evaluate ... --flame_model=generic_model.pkl --flame_masks=FLAME_masks.pkl
 
@@ -27,13 +27,13 @@ import time
 
 from absl import app, flags
 
-from dualtalk_jax.config import CONFIGS
+from experiments import configs
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Raw split folder: <clip>_speaker{1,2}.{wav,npz}.", required=True)
 _PRED_DIR = flags.DEFINE_string("pred_dir", None, "Folder of <clip>_speakerK.npy predictions (read, or written with --checkpoint).")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Predict first with this checkpoint: orbax dir, workdir or .pth.")
 _OUTPUT = flags.DEFINE_string("output", None, "Metrics JSON to write (a _per_file.csv is written beside it).", required=True)
-_CONFIG = flags.DEFINE_enum("config", "large", sorted(CONFIGS), "Model config of a torch checkpoint.")
+_CONFIG = configs.define_model_config_flag()
 _WAV2VEC2_CONFIG = flags.DEFINE_string("wav2vec2_config", None, "A HF wav2vec2 config.json for a torch checkpoint.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Clips per prediction batch.")
 _BUCKET_SECONDS = flags.DEFINE_float("bucket_seconds", 2.0, "Audio is padded to a multiple of this (one compile per bucket).")
@@ -82,8 +82,7 @@ def main(argv):
     pred_dir = _PRED_DIR.value or os.path.splitext(_OUTPUT.value)[0] + "_predictions"
     if _CHECKPOINT.value:
       predict.check_checkpoint_path(_CHECKPOINT.value)
-      model = predict.load_model(_CHECKPOINT.value, config=_CONFIG.value, wav2vec2_config=_WAV2VEC2_CONFIG.value,
-                                 config_given=flags.FLAGS["config"].present)
+      model = predict.load_model(_CHECKPOINT.value, **configs.torch_model_args(_CONFIG.value, _WAV2VEC2_CONFIG.value))
       paths = evaluate.predict_split(model, _DATA_DIR.value, pred_dir, batch_size=_BATCH_SIZE.value,
                                      bucket_seconds=_BUCKET_SECONDS.value, progress=True, channel=_CHANNEL.value)
       print(f"wrote {len(paths)} predictions to {os.path.abspath(pred_dir)} ({time.time() - start:.1f} s)")
@@ -114,4 +113,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=configs.parse_flags)

@@ -2,7 +2,7 @@ r"""Predicts the target speaker's motion for one conversation of any length.
 
   python -m experiments.infer --checkpoint=ckpt/dualtalk_large \
       --audio_self=a.wav --audio_other=b.wav --motion_other=b.npz --output=pred.npy --plot=pred.png
-  python -m experiments.infer --checkpoint=DualTalk.pth --config=large ... --window_seconds=0
+  python -m experiments.infer --checkpoint=DualTalk.pth --config=experiments/configs/dualtalk.py:large ... --window_seconds=0
 
 `--checkpoint`: an orbax checkpoint directory, a training workdir, or a released-layout
 torch file (an export records its config; `DualTalk.pth` is built with `--config` /
@@ -25,10 +25,10 @@ import time
 
 from absl import app, flags
 
-from dualtalk_jax.config import CONFIGS
+from experiments import configs
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Orbax checkpoint dir, training workdir, or .pth/.safetensors.", required=True)
-_CONFIG = flags.DEFINE_enum("config", "large", sorted(CONFIGS), "Model config of a torch checkpoint that records none (the released DualTalk.pth: large).")
+_CONFIG = configs.define_model_config_flag()
 _WAV2VEC2_CONFIG = flags.DEFINE_string("wav2vec2_config", None, "A HF wav2vec2 config.json for a torch checkpoint.")
 _AUDIO_SELF = flags.DEFINE_string("audio_self", None, "The target speaker's audio (16 kHz mono; other rates resampled).", required=True)
 _AUDIO_OTHER = flags.DEFINE_string("audio_other", None, "The partner's audio.", required=True)
@@ -71,8 +71,7 @@ def main(argv):
       files.require_file(_FLAME_MODEL.value, "FLAME model (--flame_model)")
       files.prepare_output(_RENDER.value, "--render", (".mp4", ".mov", ".mkv"))
     clip = predict.load_inputs(_AUDIO_SELF.value, _AUDIO_OTHER.value, _MOTION_OTHER.value, channel=_CHANNEL.value)
-    model = predict.load_model(_CHECKPOINT.value, config=_CONFIG.value, wav2vec2_config=_WAV2VEC2_CONFIG.value,
-                               config_given=flags.FLAGS["config"].present)
+    model = predict.load_model(_CHECKPOINT.value, **configs.torch_model_args(_CONFIG.value, _WAV2VEC2_CONFIG.value))
     pred = predict.predict_windowed(model, clip, window_seconds=_WINDOW_SECONDS.value,
                                     overlap_seconds=overlap, batch_size=_BATCH_SIZE.value)
     npz = predict.save_prediction(out, pred)
@@ -95,4 +94,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=configs.parse_flags)

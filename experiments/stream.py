@@ -30,10 +30,10 @@ import time
 
 from absl import app, flags
 
-from dualtalk_jax.config import CONFIGS
+from experiments import configs
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Orbax checkpoint dir, training workdir, or .pth/.safetensors.", required=True)
-_CONFIG = flags.DEFINE_enum("config", "large", sorted(CONFIGS), "Model config of a torch checkpoint.")
+_CONFIG = configs.define_model_config_flag()
 _WAV2VEC2_CONFIG = flags.DEFINE_string("wav2vec2_config", None, "A HF wav2vec2 config.json for a torch checkpoint.")
 _AUDIO_SELF = flags.DEFINE_string("audio_self", None, "The target speaker's audio (not with --microphone).")
 _AUDIO_OTHER = flags.DEFINE_string("audio_other", None, "The partner's audio.", required=True)
@@ -101,8 +101,7 @@ def main(argv):
 
     # ---- the stream ----
     t0 = time.perf_counter()
-    model = predict.load_model(_CHECKPOINT.value, config=_CONFIG.value, wav2vec2_config=_WAV2VEC2_CONFIG.value,
-                               config_given=flags.FLAGS["config"].present)
+    model = predict.load_model(_CHECKPOINT.value, **configs.torch_model_args(_CONFIG.value, _WAV2VEC2_CONFIG.value))
     streamer = stream.StreamingPredictor(model, cfg)
     load_s = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -151,9 +150,10 @@ def _model_config():
 
   path = _CHECKPOINT.value
   if pytorch.is_torch_file(path):
-    return pytorch.recorded_config(path) or get_model_config(_CONFIG.value, _WAV2VEC2_CONFIG.value)
+    model = configs.torch_model_args(_CONFIG.value, _WAV2VEC2_CONFIG.value)
+    return pytorch.recorded_config(path) or get_model_config(model["config"], model["wav2vec2_config"])
   return checkpoint.read_model_config(path)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=configs.parse_flags)

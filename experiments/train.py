@@ -16,9 +16,10 @@ import shutil
 import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (a get_config(arg) .py).", lock_config=False)
+from experiments import configs
+
+_CONFIG = configs.define_config_flag()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, summaries and the config are written.")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize (multi-host).")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (GPU clusters).")
@@ -78,4 +79,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=configs.parse_flags)

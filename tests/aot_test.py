@@ -85,26 +85,6 @@ def test_remat_gives_the_same_loss_and_gradients():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), g1, g0)
 
 
-def test_table_rows_merge_across_runs():
-  row = lambda topo, dtype, remat, total, mesh="data 16": (f"| v5litepod-16 (`{topo}`) | 16 GiB | {dtype} | {remat} | "
-                                                           f"{mesh} | yes | {total} | 1 GiB | 1 GiB | 1.0 | 1 s |")
-  v4 = "| v4-32 (`v4:2x2x4`) | 32 GiB | float32 | off | data 16 | yes | 9 GiB | 1 GiB | 1 GiB | 1.0 | 1 s |"
-  first = aot.merge_table("", "head 1\n\n", [v4, row("v5e:4x4", "float32", "off", "9 GiB")])
-  first += "\nA note written by hand.\n"
-  merged = aot.merge_table(first, "head 2\n\n", [row("v5e:4x4", "bfloat16", "off", "5 GiB"),
-                                                 row("v5e:4x4", "float32", "off", "7 GiB", "fsdp 16"),
-                                                 row("v5e:4x4", "float32", "off", "8 GiB")])
-  lines = merged.splitlines()
-  assert lines[0] == "head 2"
-  body = [l for l in lines if l.startswith("| v")]
-  assert len(body) == 4  # the float32 data row was replaced, the fsdp and bfloat16 ones added
-  # ordered by HBM per chip, then float32 before bfloat16, then mesh
-  assert "8 GiB" in body[0] and "fsdp 16" in body[1] and "bfloat16" in body[2] and body[3] == v4
-  assert aot.mesh_label({"data": 1, "fsdp": 16}) == "fsdp 16" and aot.mesh_label({"data": 4, "fsdp": 4}) == "data 4 x fsdp 4"
-  assert merged.rstrip().endswith("A note written by hand.")
-  assert merged.count("| slice (topology)") == 1
-
-
 def test_feature_cache_config_builds_the_cached_train_step():
   """A `data.feature_cache` config compiles the step training runs: features in, no audio."""
   c = dualtalk_configs.get_config("large")

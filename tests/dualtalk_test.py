@@ -2,28 +2,18 @@
 
 import math
 
-import jax
 import numpy as np
 import pytest
 import torch
-from flax import nnx
 
 from dualtalk_jax import audio, params as params_lib
 from dualtalk_jax.config import CONFIGS
 from dualtalk_jax.convert import pytorch
-from dualtalk_jax.models.dualtalk import DualTalk, abstract_model, count_params, predict
+from dualtalk_jax.models.dualtalk import abstract_model, count_params, predict
 from third_party.dualtalk_torch import DualTalk as TorchDualTalk
+from conftest import perturbed_model
 
 TINY = CONFIGS["tiny"]
-
-
-def perturbed_model(cfg=TINY, seed=0, scale=0.05):
-  """A model whose every parameter (LayerNorms and biases too) is off its init value."""
-  model = DualTalk(cfg, rngs=nnx.Rngs(seed))
-  rng = np.random.default_rng(seed)
-  params_lib.load(model, jax.tree.map(lambda v: np.asarray(v) + rng.normal(0, scale, v.shape).astype(np.float32), params_lib.of(model)))
-  model.eval()
-  return model
 
 
 def torch_twin(model, cfg=TINY):

@@ -26,7 +26,7 @@ def split(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory):
-  from predict_test import perturbed_model
+  from conftest import perturbed_model
   model = perturbed_model()
   path = str(tmp_path_factory.mktemp("ckpt") / "tiny")
   checkpoint.save_params(path, params_lib.of(model), model.config)

@@ -463,7 +463,7 @@ DEMO = os.path.join(os.path.dirname(ROOT), "shared", "samples", "dualtalk_demo")
 def test_infer_render_shortcut_on_the_demo(model_path, tmp_path):
   import av
   from dualtalk_jax import audio, checkpoint
-  from predict_test import perturbed_model
+  from conftest import perturbed_model
   model = perturbed_model()
   ckpt = str(tmp_path / "tiny")
   checkpoint.save_params(ckpt, params_lib.of(model), model.config)

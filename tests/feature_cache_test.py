@@ -14,7 +14,7 @@ from dualtalk_jax.config import CONFIGS
 from dualtalk_jax.data import feature_cache, pipeline, preprocess, records, synthetic
 from dualtalk_jax.models.dualtalk import DualTalk, freeze_audio_encoders, make_rngs
 from dualtalk_jax.train import builder, loop, step as step_lib
-from experiments.configs import quickstart
+from conftest import run_config
 
 W = 25
 CFG = CONFIGS["tiny"]
@@ -154,23 +154,11 @@ def test_model_with_cached_features_equals_frozen_model_on_audio(world):
 
 
 def _config(data_dir, ckpt, **overrides):
-  c = quickstart.get_config()
-  c.model, c.interaction_residual = "tiny", False  # the model of the checkpoints made here (CFG)
-  c.synthetic.enabled = False
-  c.data.train_dir, c.data.val_dir = data_dir, ""
-  c.data.window_frames = W
-  c.data.thread_count = 0
-  c.data.clips_per_block = 2
-  c.init_checkpoint = ckpt
-  c.optim.freeze_feature_extractor = True
-  c.batch_size = 8
-  c.total_steps = 2
-  c.checkpoint_every = 100
-  c.log_every = 1
-  c.eval_every = 0
-  c.progress_bar = False
-  c.mesh.num_devices = 1  # one compile for one device: fast
-  return loop.apply_overrides(c, overrides)
+  # the model of the checkpoints made here (CFG); one compile for one device: fast
+  return run_config(data_dir, window_frames=W, **{
+      "model": "tiny", "interaction_residual": False, "data.clips_per_block": 2, "init_checkpoint": ckpt,
+      "optim.freeze_feature_extractor": True, "total_steps": 2, "checkpoint_every": 100, "mesh.num_devices": 1,
+      **overrides})
 
 
 def test_cached_training_equals_frozen_audio_training(world, tmp_path):

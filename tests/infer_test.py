@@ -18,7 +18,7 @@ needs_demo = pytest.mark.skipif(not DEMO.is_dir(), reason="../shared/samples/dua
 
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory):
-  from predict_test import perturbed_model
+  from conftest import perturbed_model
   model = perturbed_model()
   path = str(tmp_path_factory.mktemp("ckpt") / "tiny")
   checkpoint.save_params(path, params_lib.of(model), model.config)

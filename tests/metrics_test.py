@@ -139,14 +139,3 @@ def test_short_clip_and_helpers():
       M.diversity_from_pairs(x, first, second, valid),
       R.diversity_from_pairs(np.asarray(x, np.float64), np.asarray(first)[:30],
                              np.asarray(second)[:30]), rtol=1e-5)
-
-
-def test_single_threaded_blas_limits_and_restores():
-  threadpoolctl = pytest.importorskip("threadpoolctl")
-  blas = lambda: [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
-  before = blas()
-  if not before:
-    pytest.skip("no BLAS library loaded")
-  with M.single_threaded_blas():
-    assert set(blas()) == {1}
-  assert blas() == before

@@ -41,7 +41,7 @@ def one_line_error(r, *fragments):
 @pytest.fixture(scope="module")
 def user(tmp_path_factory):
   """A user's folder: a tiny checkpoint `ckpt`, a raw split `split` of 2 clips, one conversation."""
-  from predict_test import perturbed_model
+  from conftest import perturbed_model
 
   d = tmp_path_factory.mktemp("user")
   model = perturbed_model()

@@ -1,25 +1,15 @@
 """Bucketed batched prediction and windowed long-input inference (dualtalk_jax.eval.predict)."""
 
-import jax
 import numpy as np
 import pytest
 
-from dualtalk_jax import audio, params as params_lib
+from dualtalk_jax import audio
 from dualtalk_jax.config import CONFIGS
 from dualtalk_jax.eval import predict as P
-from dualtalk_jax.models.dualtalk import DualTalk, make_rngs, predict
+from dualtalk_jax.models.dualtalk import predict
+from conftest import perturbed_model
 
 TINY = CONFIGS["tiny"]
-
-
-def perturbed_model(seed=0, scale=0.05):
-  """A tiny model with every parameter moved off its init value, in eval mode."""
-  model = DualTalk(TINY, rngs=make_rngs(seed))
-  rng = np.random.default_rng(seed)
-  params_lib.load(model, jax.tree.map(lambda v: np.asarray(v) + rng.normal(0, scale, v.shape).astype(np.float32),
-                                       params_lib.of(model)))
-  model.eval()
-  return model
 
 
 def make_clip(rng, samples, motion_frames, other_samples=None):

@@ -22,7 +22,7 @@ CFG = S.StreamConfig(context_frames=25, lookahead_frames=15, hop_frames=3)
 
 @pytest.fixture(scope="module")
 def model():
-  from predict_test import perturbed_model
+  from conftest import perturbed_model
   return perturbed_model()
 
 

@@ -56,6 +56,7 @@ from typing import Any
 
 import numpy as np
 
+from dualtalk_jax.audio import SAMPLES_PER_FRAME
 from dualtalk_jax.data import records
 
 # Wav2Vec2Config fields that do not change an eval-mode forward pass.
@@ -193,7 +194,8 @@ def make_encode_fn(config, window_frames: int):
   def encode(params, audio):
     enc = params_lib.merge(graph, params, jax.tree.map(jnp.asarray, rest))
     n = audio.shape[0]
-    h, _ = enc(audio, input_lengths=jnp.full((n,), w * records.HOP, jnp.int32), num_frames=jnp.full((n,), w, jnp.int32),
+    h, _ = enc(audio, input_lengths=jnp.full((n,), w * SAMPLES_PER_FRAME, jnp.int32),
+               num_frames=jnp.full((n,), w, jnp.int32),
                max_frames=w)
     return h.astype(jnp.float32)
 
@@ -244,7 +246,7 @@ class _Encoder:
   def flush(self):
     if self.rows:
       n = len(self.rows)
-      x = np.zeros((self.b, self.w * records.HOP), np.float32)
+      x = np.zeros((self.b, self.w * SAMPLES_PER_FRAME), np.float32)
       x[:n] = np.stack(self.rows)
       outs = [np.asarray(o) for o in self.fn(self.params, x)]
       for i, (slot, dest) in enumerate(self.dest):
@@ -322,7 +324,8 @@ def build(output_dir: str, plan, done: Mapping[str, dict], source: str, window_f
                 arrays[k] = np.zeros((n, w, hidden), np.float32)
               a = clip[f"audio_{s}"]
               for win in range(n):
-                items.append((a[win * w * records.HOP:(win + 1) * w * records.HOP], [(arrays[k], win) for k in keys]))
+                span = w * SAMPLES_PER_FRAME
+                items.append((a[win * span:(win + 1) * span], [(arrays[k], win) for k in keys]))
             enc.add_clip(clip["name"], clip["frames"], arrays, items)
           enc.flush()
           assert not enc.clips

@@ -59,9 +59,8 @@ import grain
 import numpy as np
 
 from dualtalk_jax.data import records
-from dualtalk_jax.hostmem import tune_malloc
-
-HOP = 640
+from dualtalk_jax import hostmem
+from dualtalk_jax.audio import SAMPLES_PER_FRAME
 
 
 def _process(process_index, process_count):
@@ -157,14 +156,15 @@ class _Windows(grain.experimental.FlatMapTransform):
 
   def flat_map(self, block):
     w, out = self.w, []
-    n_audio = np.int32(w * HOP)
+    n_audio = np.int32(w * SAMPLES_PER_FRAME)
     n_frames = np.int32(w)
     for cid, win, d in block.items:
       clip = block.clips[cid]
       f0 = win * w
       if self.shared is None:
         a_s, a_o, m_s, m_o = _pair(clip, d)
-        inputs = {"audio_self": a_s[f0 * HOP:(f0 + w) * HOP], "audio_other": a_o[f0 * HOP:(f0 + w) * HOP]}
+        lo, hi = f0 * SAMPLES_PER_FRAME, (f0 + w) * SAMPLES_PER_FRAME
+        inputs = {"audio_self": a_s[lo:hi], "audio_other": a_o[lo:hi]}
       else:
         s, o = (1, 2) if d == 0 else (2, 1)
         m_s, m_o = clip[f"motion_{s}"], clip[f"motion_{o}"]
@@ -211,8 +211,7 @@ def make_train_dataset(data_dir: str, *, window_frames: int = 200, batch_size: i
                        seed: int = 0, shuffle: bool = True, num_epochs: int | None = None,
                        worker_count: int = 0, thread_count: int = 0, prefetch: int = 2,
                        clips_per_block: int = 16, process_index: int | None = None,
-                       process_count: int | None = None,
-                       malloc_tuning: bool = True, read_threads: int = 2,
+                       process_count: int | None = None, read_threads: int = 2,
                        feature_cache: bool = False) -> grain.IterDataset:
   """Training batches (see module docstring). Iterate it; `iter(ds)` has get/set_state.
 
@@ -224,16 +223,14 @@ def make_train_dataset(data_dir: str, *, window_frames: int = 200, batch_size: i
   get/set_state exact. The batch order is deterministic for given seed and
   worker/thread counts (they interleave slices of the block sequence), so resume with
   the same counts. Process index/count default to
-  `jax.process_index()/process_count()`. `malloc_tuning` calls `tune_malloc` here and
-  in the workers. `feature_cache=True` yields cached wav2vec2 features instead of audio
+  `jax.process_index()/process_count()`. Worker processes get the heap settings of their
+  parent (`hostmem.tune_malloc`, from `runtime.configure()`). `feature_cache=True` yields cached wav2vec2 features instead of audio
   (module docstring); the data must hold a cache of `window_frames`-frame windows.
   """
   if window_frames < 1 or batch_size < 1 or clips_per_block < 1:
     raise ValueError("window_frames, batch_size and clips_per_block must be >= 1")
   if worker_count < 0 or thread_count < 0 or prefetch < 1:
     raise ValueError("worker_count and thread_count must be >= 0, prefetch >= 1")
-  if malloc_tuning:
-    tune_malloc()
   pi, pc = _process(process_index, process_count)
   manifest = records.load_manifest(data_dir)
   clip_ids, windows = train_clips(manifest, window_frames, pi, pc)
@@ -251,7 +248,7 @@ def make_train_dataset(data_dir: str, *, window_frames: int = 200, batch_size: i
   if worker_count > 0:
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count,
                                                      per_worker_buffer_size=prefetch),
-                        worker_init_fn=tune_malloc if malloc_tuning else None)
+                        worker_init_fn=hostmem.tune_malloc if hostmem.tuned() else None)
   elif thread_count > 0:
     ds = grain.experimental.multithread_prefetch(ds, num_threads=thread_count,
                                                  buffer_size=prefetch)
@@ -292,10 +289,10 @@ class _PadBatch:
     real = [s for s in samples if s is not None]
     t_max = max([s["motion_self"].shape[0] for s in real] + [1])
     a_max = max([max(s["audio_self"].size, s["audio_other"].size) for s in real] + [1])
-    t_pad = -(-max(t_max, -(-a_max // HOP)) // self.bucket) * self.bucket
+    t_pad = -(-max(t_max, -(-a_max // SAMPLES_PER_FRAME)) // self.bucket) * self.bucket
     b = self.b
-    out = {"audio_self": np.zeros((b, t_pad * HOP), np.float32),
-           "audio_other": np.zeros((b, t_pad * HOP), np.float32),
+    out = {"audio_self": np.zeros((b, t_pad * SAMPLES_PER_FRAME), np.float32),
+           "audio_other": np.zeros((b, t_pad * SAMPLES_PER_FRAME), np.float32),
            "motion_self": np.zeros((b, t_pad, 56), np.float32),
            "motion_other": np.zeros((b, t_pad, 56), np.float32)}
     for k in ("audio_self_lengths", "audio_other_lengths", "motion_other_lengths",

@@ -160,10 +160,10 @@ def process_clip(input_dir: str, clip: str, files: dict[str, str], *, window_fra
   t = min(motions[0].shape[0], motions[1].shape[0], *audio_frames)
   if t < 1:
     return fail("length_mismatch", f"{clip}: no frame common to both speakers")
-  if any(m.shape[0] > t for m in motions) or any(a.size > t * 640 + 639 for a in audios):
+  if any(m.shape[0] > t for m in motions) or any(a.size > (t + 1) * audio_lib.SAMPLES_PER_FRAME - 1 for a in audios):
     notes.append(f"trimmed: to {t} frames (motion {[m.shape[0] for m in motions]}, audio "
                  f"frames {audio_frames})")
-  audios = [a[:t * 640] for a in audios]
+  audios = [a[:t * audio_lib.SAMPLES_PER_FRAME] for a in audios]
   motions = [m[:t] for m in motions]
   usable = records.usable_frames(t, [a.size for a in audios])
   if usable < window_frames:
@@ -412,7 +412,7 @@ def _manifest(input_dir, output_dir, plan, done, unrecognized, options, feature_
           "training_windows": int(sum(windows)),
           "notes": dict(sorted(notes.items())),
       },
-      "hours": sum(frames) / 25 / 3600,
+      "hours": sum(frames) / audio_lib.FPS / 3600,
       "audio_stats": {"std": _summary(stds), "peak": _summary(peaks),
                       "silent_tracks": int(sum(s < SILENT_STD for s in stds))},
       "shards": shards,

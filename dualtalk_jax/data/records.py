@@ -39,6 +39,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from dualtalk_jax.audio import SAMPLES_PER_FRAME
+
 MAGIC = b"DTR1"
 _ALIGN = 64
 # Bumped whenever the record content or the validation rules change; a mismatch makes
@@ -46,7 +48,6 @@ _ALIGN = 64
 PREPROCESS_VERSION = "1"
 MANIFEST = "manifest.json"
 RECORD_KEYS = ("audio_1", "audio_2", "motion_1", "motion_2")
-HOP = 640  # audio samples per motion frame (16 kHz / 25 fps)
 # Bumped whenever the feature cache's content or layout changes (rebuilds the cache only).
 FEATURE_CACHE_VERSION = "1"
 FEATURE_PREFIX = "features-"
@@ -72,7 +73,7 @@ def feature_keys(shared: bool, target: int) -> tuple[str, str]:
 
 def usable_frames(frames: int, audio_samples) -> int:
   """Frames whose whole 640-sample audio span exists for both speakers."""
-  return min(int(frames), *(int(n) // 640 for n in audio_samples))
+  return min(int(frames), *(int(n) // SAMPLES_PER_FRAME for n in audio_samples))
 
 
 def window_count(frames: int, audio_samples, window_frames: int) -> int:

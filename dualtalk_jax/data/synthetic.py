@@ -60,7 +60,6 @@ from dualtalk_jax import audio as audio_lib
 from dualtalk_jax.data import records
 
 SR = audio_lib.SAMPLE_RATE
-HOP = audio_lib.SAMPLES_PER_FRAME
 FPS = audio_lib.FPS
 
 
@@ -173,7 +172,7 @@ def _smooth(x, k):
 
 
 def _frame_env(env, t):
-  return env[:t * HOP].reshape(t, HOP).mean(axis=1)
+  return env[:t * audio_lib.SAMPLES_PER_FRAME].reshape(t, audio_lib.SAMPLES_PER_FRAME).mean(axis=1)
 
 
 def _motion(rng, t, e_self, e_other, other_ends, ident, emo_self, emo_other):
@@ -210,7 +209,7 @@ def make_clip(seed: int, index: int, *, min_seconds: float = 10.0, max_seconds: 
   rng = np.random.default_rng([seed, index])
   duration = rng.uniform(min_seconds, max_seconds)
   t = int(duration * FPS)
-  n = t * HOP + int(rng.integers(0, HOP))
+  n = t * audio_lib.SAMPLES_PER_FRAME + int(rng.integers(0, audio_lib.SAMPLES_PER_FRAME))
   turns = _turns(rng, n / SR)
   ids = rng.choice(len(identities), size=2, replace=False)
   envs, ends = zip(*[_speech_envelope(rng, n, turns, who) for who in (0, 1)])

@@ -12,7 +12,8 @@ batches), `pad_batch`, `bucket_length`, `cut_to_common`, `score_batch` (the jitt
 the single-file kernels (`frechet_distance`, `mse`, `sid`, `kmeans_fit`, `sts`, `rpcc`,
 `variance`, `diversity_from_pairs`, `diversity_pairs`) and `diversity_pair_indices`.
 
-Groups: `exp` = cols 0:50, `jaw` = 50:53, `pose` (neck) = 53:56 of the (T, 56) layout.
+Groups: `exp` = cols 0:50, `jaw` = 50:53, `pose` = 53:56 of the (T, 56) layout (`audio.MOTION_GROUPS`;
+the released metrics name the neck group "pose", and so do the keys here).
 
 Choices where the released code gives no answer (documented here, tested in
 tests/metrics_test.py):
@@ -60,8 +61,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# (name, first column, end column, k for SID)
-GROUPS = (("exp", 0, 50, 40), ("jaw", 50, 53, 10), ("pose", 53, 56, 10))
+from dualtalk_jax.audio import MOTION_GROUPS
+
+# (key name, first column, end column, k for SID) per motion group: the released keys call neck "pose".
+SID_K = {"exp": 40, "jaw": 10, "neck": 10}
+GROUPS = tuple(("pose" if g == "neck" else g, s.start, s.stop, SID_K[g]) for g, s in MOTION_GROUPS.items())
 NUM_DIVERSITY_PAIRS = 100
 STS_TIMESTEP = 0.1
 ROLES = ("speaking", "listening")
@@ -71,7 +75,7 @@ KMEANS_TOL = 1e-4
 METRIC_KEYS = tuple(
     f"{m}_{g}" for m in ("fid", "p_fid", "mse", "sid", "sts", "diversity_pre",
                          "diversity_gt", "variance_pre", "variance_gt", "rpcc")
-    for g in ("exp", "jaw", "pose"))
+    for g, *_ in GROUPS)
 
 
 # ----------------------------------------------------------------------------- helpers

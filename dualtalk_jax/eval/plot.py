@@ -44,8 +44,9 @@ def plot_conversation(path: str, motion_self: np.ndarray, motion_other: np.ndarr
   lines = [(motion_self, labels[0], COLORS[0], 1.0), (motion_other, labels[1], COLORS[1], 1.0)]
   if truth is not None:
     lines.insert(1, (truth, "target (truth)", TRUTH_COLOR, 0.8))
-  rows = [("jaw opening (rad)", lambda m: m[:, 50:51], ["jaw"])]
-  rows.append(("neck rotation (rad)", lambda m: m[:, 53:56], ["x", "y", "z"]))
+  jaw, neck = audio.MOTION_GROUPS["jaw"].start, audio.MOTION_GROUPS["neck"]
+  rows = [("jaw opening (rad)", lambda m: m[:, jaw:jaw + 1], ["jaw"])]
+  rows.append(("neck rotation (rad)", lambda m: m[:, neck], ["x", "y", "z"]))
   rows += [(f"exp[{i}]", lambda m, i=i: m[:, i:i + 1], [f"exp{i}"]) for i in range(num_exp)]
   fig, axes = plt.subplots(len(rows), 1, figsize=(12, 1.8 * len(rows) + 0.6), sharex=True)
   styles = ("-", "--", ":")

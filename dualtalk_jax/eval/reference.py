@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-GROUPS = (("exp", 0, 50, 40), ("jaw", 50, 53, 10), ("pose", 53, 56, 10))
-NUM_DIVERSITY_PAIRS = 100
+# the released metric groups (key name, columns, SID k) and pair count, as the kernels use them
+from dualtalk_jax.eval.metrics import GROUPS, NUM_DIVERSITY_PAIRS
 
 
 def frechet_distance(x, y, eps=1e-6):

@@ -51,7 +51,6 @@ import numpy as np
 from dualtalk_jax import audio
 from dualtalk_jax.eval import predict as predict_lib
 
-HOP = audio.SAMPLES_PER_FRAME
 
 
 def needs_partner_motion(cfg) -> bool:
@@ -190,8 +189,8 @@ class StreamingPredictor:
     """Forgets the stream (buffers keep their size)."""
     cfg = self.cfg
     frames = cfg.buffer_frames
-    self._self = _Ring(frames * HOP)
-    self._other = _Ring(frames * HOP)
+    self._self = _Ring(frames * audio.SAMPLES_PER_FRAME)
+    self._other = _Ring(frames * audio.SAMPLES_PER_FRAME)
     self._motion = _Ring(frames, (self.motion_dim,))
     self._stats = (_RunningStats(), _RunningStats())
     self._t = 0  # frames emitted so far (the last step's t)
@@ -219,7 +218,8 @@ class StreamingPredictor:
     """Compiles the step (one call on an empty-looking window); the stream is unchanged."""
     w = self.cfg.window_frames
     m = np.zeros((1, w, self.motion_dim), np.float32) if self.uses_motion else None
-    self._call(np.zeros((1, w * HOP), np.float32), np.zeros((1, w * HOP), np.float32), m, HOP, 1, 1).block_until_ready()
+    silence = np.zeros((1, w * audio.SAMPLES_PER_FRAME), np.float32)
+    self._call(silence, silence, m, audio.SAMPLES_PER_FRAME, 1, 1).block_until_ready()
 
   def _call(self, a, b, m, n_samples, n_frames, n_motion):
     lens = lambda n: np.full((1,), n, np.int32)
@@ -242,11 +242,12 @@ class StreamingPredictor:
     ends = (self._self.end + len(a), self._other.end + len(b), self._motion.end + len(m))
     t_last = self._last_ready(*ends)
     keep = self._keep_from(t_last + 1, ends[2])
-    for name, end, ring, unit, start in (("audio_self", ends[0], self._self, HOP, keep[0]),
-                                         ("audio_other", ends[1], self._other, HOP, keep[0]),
+    for name, end, ring, unit, start in (("audio_self", ends[0], self._self, audio.SAMPLES_PER_FRAME, keep[0]),
+                                         ("audio_other", ends[1], self._other, audio.SAMPLES_PER_FRAME, keep[0]),
                                          ("motion_other", ends[2], self._motion, 1, keep[1])):
       if end - max(start * unit, ring.start) > ring.capacity:
-        held = {"audio_self": ends[0] / HOP, "audio_other": ends[1] / HOP, "motion_other": ends[2]}
+        held = {"audio_self": ends[0] / audio.SAMPLES_PER_FRAME, "audio_other": ends[1] / audio.SAMPLES_PER_FRAME,
+                "motion_other": ends[2]}
         raise ValueError(
             f"{name} would run more than {self.cfg.max_skew_frames} frames ahead of the other inputs "
             f"(frames received: " + ", ".join(f"{k} {v:.1f}" for k, v in held.items()) + "); "
@@ -291,8 +292,9 @@ class StreamingPredictor:
       raise RuntimeError("the stream was already flushed")
     self._done = True
     total = audio.num_frames(self._self.end)
-    if 0 < self._self.end < HOP:
-      raise ValueError(f"the stream holds {self._self.end} samples of audio_self, less than one frame ({HOP})")
+    if 0 < self._self.end < audio.SAMPLES_PER_FRAME:
+      raise ValueError(f"the stream holds {self._self.end} samples of audio_self, less than one frame "
+                       f"({audio.SAMPLES_PER_FRAME})")
     if self.uses_motion and self._motion.end == 0 and total > self._t:
       raise ValueError("the stream ended without any partner motion frame (motion_other was empty throughout)")
     out = []
@@ -330,9 +332,9 @@ class StreamingPredictor:
   def _last_ready(self, self_end, other_end, motion_end) -> int:
     """The last step frame t that these input counts make ready (self._t if none)."""
     cfg = self.cfg
-    frames = self_end // HOP
+    frames = self_end // audio.SAMPLES_PER_FRAME
     if "audio_other" not in self._ended:
-      frames = min(frames, other_end // HOP)
+      frames = min(frames, other_end // audio.SAMPLES_PER_FRAME)
     if self.uses_motion and "motion_other" not in self._ended:
       frames = min(frames, motion_end)
     k = max(0, (frames - cfg.lookahead_frames - self._t) // cfg.hop_frames)
@@ -354,15 +356,15 @@ class StreamingPredictor:
     e = t + cfg.lookahead_frames if final is None else min(t + cfg.lookahead_frames, final)
     w = cfg.window_frames
     # audio: the target's samples [s, e) frames (the end of the stream cuts the last frame short)
-    a_end = e * HOP if final is None else min(e * HOP, self._self.end)
-    n = a_end - s * HOP
-    a = np.zeros((1, w * HOP), np.float32)
-    b = np.zeros((1, w * HOP), np.float32)
+    a_end = e * audio.SAMPLES_PER_FRAME if final is None else min(e * audio.SAMPLES_PER_FRAME, self._self.end)
+    n = a_end - s * audio.SAMPLES_PER_FRAME
+    a = np.zeros((1, w * audio.SAMPLES_PER_FRAME), np.float32)
+    b = np.zeros((1, w * audio.SAMPLES_PER_FRAME), np.float32)
     for buf, ring, stats in ((a, self._self, self._stats[0]), (b, self._other, self._stats[1])):
       stop = min(a_end, ring.end)  # a partner track that ended is silence from there on
       stats.add(ring.read(max(stats.count, ring.start), max(stop, stats.count)))
-      if stop > s * HOP:
-        buf[0, :stop - s * HOP] = stats.normalize(ring.read(s * HOP, stop))
+      if stop > s * audio.SAMPLES_PER_FRAME:
+        buf[0, :stop - s * audio.SAMPLES_PER_FRAME] = stats.normalize(ring.read(s * audio.SAMPLES_PER_FRAME, stop))
     m, n_motion = None, 0
     if self.uses_motion:
       m = np.zeros((1, w, self.motion_dim), np.float32)
@@ -387,8 +389,8 @@ class StreamingPredictor:
     self._norm[:e - t] = norm[t - self._t:]
     self._t, self._prev_end = t, e
     keep = self._keep_from(t + 1, self._motion.end)
-    self._self.drop_before(min(keep[0] * HOP, self._stats[0].count))
-    self._other.drop_before(min(keep[0] * HOP, self._stats[1].count))
+    self._self.drop_before(min(keep[0] * audio.SAMPLES_PER_FRAME, self._stats[0].count))
+    self._other.drop_before(min(keep[0] * audio.SAMPLES_PER_FRAME, self._stats[1].count))
     self._motion.drop_before(keep[1])
     return out
 
@@ -447,7 +449,7 @@ def file_chunks(audio_self: np.ndarray, audio_other: np.ndarray, motion_other: n
       now.append("audio_other")
     mj = None
     if m is not None:
-      upto = len(m) if j == n else min(j // HOP, len(m))
+      upto = len(m) if j == n else min(j // audio.SAMPLES_PER_FRAME, len(m))
       mj, sent_m = m[sent_m:upto], upto
       if len(m) < audio.num_frames(n) and sent_m == len(m) and "motion_other" not in ended:
         now.append("motion_other")
@@ -493,7 +495,7 @@ def run_stream(predictor: StreamingPredictor, chunks, *, pace: bool = False,
     for n, t in emitted:
       out_time[done:n] = t
       done = max(done, n)
-    arrived = np.minimum((np.arange(len(pred)) + 1) * HOP, fed) / audio.SAMPLE_RATE
+    arrived = np.minimum((np.arange(len(pred)) + 1) * audio.SAMPLES_PER_FRAME, fed) / audio.SAMPLE_RATE
     delay = out_time - start - arrived
   secs = audio_seconds if audio_seconds is not None else fed / audio.SAMPLE_RATE
   return StreamResult(pred, np.asarray(times), secs, delay)

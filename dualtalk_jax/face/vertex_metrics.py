@@ -53,8 +53,9 @@ def regions(masks: dict[str, np.ndarray], path: str = "FLAME_masks.pkl") -> tupl
 
 
 def _verts(model, motion, shape, zero_neck):
-  neck = jnp.zeros_like(motion[:, 53:56]) if zero_neck else motion[:, 53:56]
-  return flame.forward(model, motion[:, :audio.EXP_DIM], shape=shape, jaw=motion[:, 50:53],
+  exp, jaw, neck = (motion[:, audio.MOTION_GROUPS[g]] for g in ("exp", "jaw", "neck"))
+  neck = jnp.zeros_like(neck) if zero_neck else neck
+  return flame.forward(model, exp, shape=shape, jaw=jaw,
                        global_rot=neck)  # "neck" on the root joint, as flame.py explains
 
 

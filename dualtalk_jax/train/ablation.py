@@ -30,12 +30,13 @@ import ml_collections
 import numpy as np
 
 from dualtalk_jax.config import ABLATIONS
+from dualtalk_jax.eval import metrics
 
 # Variant name -> DualTalkConfig.ablation, in the paper's Tab. 6 row order.
 VARIANTS = {"full": "", **{k: k for k in ABLATIONS if k}}
 FINISHED = "metrics.json"
 TABLE_METRICS = (("FD", "fid", "lower"), ("P-FD", "p_fid", "lower"), ("MSE", "mse", "lower"), ("SID", "sid", "higher"))
-TABLE_GROUPS = ("exp", "jaw", "pose")
+TABLE_GROUPS = tuple(g for g, *_ in metrics.GROUPS)  # the released keys: exp, jaw, pose
 # The paper's Tab. 6 (its own power-of-ten column scales; comparable across rows only).
 PAPER_TAB6 = {
     "full": (11.14, 1.90, 3.83, 11.88, 1.97, 3.97, 3.59, 1.04, 1.72, 3.48, 2.23, 1.72),
@@ -64,7 +65,7 @@ def variant_config(config: ml_collections.ConfigDict, name: str, workdir: str) -
   c = config.copy_and_resolve_references()
   with c.unlocked():
     c.ablation = VARIANTS[name]
-    if c.get("synthetic") and c.synthetic.get("enabled", False):
+    if c.synthetic.enabled:
       c.data.train_dir = c.data.train_dir or os.path.join(workdir, "data", "train")
       c.data.val_dir = c.data.val_dir or os.path.join(workdir, "data", "val")
   return c
@@ -72,9 +73,8 @@ def variant_config(config: ml_collections.ConfigDict, name: str, workdir: str) -
 
 def _shared_data(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A variant's config once the grid's synthetic data exist: variants only read them."""
-  if c.get("synthetic"):
-    with c.unlocked():
-      c.synthetic.enabled = False
+  with c.unlocked():
+    c.synthetic.enabled = False
   return c
 
 
@@ -83,7 +83,7 @@ def score_records(model, val_dir: str, *, batch_size: int = 8, bucket_seconds: f
   """Released metrics (+ speaking/listening) of `model` on every clip of a preprocessed
   split, both directions, one whole-clip pass each; means over directions."""
   from dualtalk_jax.data import pipeline, records
-  from dualtalk_jax.eval import activity, metrics, predict
+  from dualtalk_jax.eval import activity, predict
 
   manifest = records.load_manifest(val_dir)
   reader = pipeline.ClipReader(val_dir, manifest)
@@ -125,15 +125,15 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str, variants: list[str
   from dualtalk_jax.data.records import write_json
   from dualtalk_jax.train import loop
 
-  if config.get("ablation"):
+  if config.ablation:
     raise ValueError(f"config.ablation is {config.ablation!r}: the grid sets each variant's ablation itself; "
                      "choose variants with --variants")
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   first = variant_config(config, variants[0], workdir)
-  if first.get("synthetic") and first.synthetic.get("enabled", False):
+  if first.synthetic.enabled:
     loop.ensure_synthetic_data(first, workdir)
-  if not first.data.get("val_dir"):
+  if not first.data.val_dir:
     raise ValueError("config.data.val_dir is empty: the grid scores every variant on that preprocessed split")
   for name in variants:
     vdir = os.path.join(workdir, "variants", name)

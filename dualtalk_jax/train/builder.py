@@ -31,16 +31,16 @@ from dualtalk_jax.train import step as step_lib
 
 def model_config(config: ml_collections.ConfigDict) -> DualTalkConfig:
   """The run's model: `config.model`, `wav2vec2_config`, `ablation`, `interaction_residual`, `scan_layers`."""
-  cfg = get_model_config(config.model, config.get("wav2vec2_config") or None, ablation=config.get("ablation", ""),
-                         interaction_residual=config.get("interaction_residual", False))
-  return dataclasses.replace(cfg, scan_layers=bool(config.get("scan_layers", True)))
+  cfg = get_model_config(config.model, config.wav2vec2_config or None, ablation=config.ablation,
+                         interaction_residual=config.interaction_residual)
+  return dataclasses.replace(cfg, scan_layers=config.scan_layers)
 
 
 def check_model_options(config, cfg: DualTalkConfig) -> None:
   """Refuses run options that mean nothing for the model's ablation (a clear error, not a no-op)."""
-  asked = [name for name, on in (("optim.freeze_wav2vec2", config.optim.get("freeze_wav2vec2", False)),
+  asked = [name for name, on in (("optim.freeze_wav2vec2", config.optim.freeze_wav2vec2),
                                  ("data.feature_cache", uses_feature_cache(config)),
-                                 ("pretrained_wav2vec2", config.get("pretrained_wav2vec2"))) if on]
+                                 ("pretrained_wav2vec2", config.pretrained_wav2vec2)) if on]
   if not cfg.uses_wav2vec2 and asked:
     raise ValueError(f"ablation 'mfcc' has no wav2vec2 encoders: {', '.join(asked)} cannot apply; unset it")
   if not cfg.uses_partner_speech and uses_feature_cache(config):
@@ -49,25 +49,25 @@ def check_model_options(config, cfg: DualTalkConfig) -> None:
 
 
 def compute_dtype(config) -> Any:
-  name = config.get("compute_dtype", "float32")
+  name = config.compute_dtype
   if name not in ("float32", "bfloat16"):
     raise ValueError(f"compute_dtype must be float32 or bfloat16, got {name!r}")
   return jnp.dtype(name)
 
 
 def uses_feature_cache(config) -> bool:
-  return bool(config.data.get("feature_cache", False))
+  return config.data.feature_cache
 
 
 def frozen_wav2vec2(config) -> bool:
   """Frozen wav2vec2 mode: `optim.freeze_wav2vec2`, or implied by `data.feature_cache`."""
-  return bool(config.optim.get("freeze_wav2vec2", False)) or uses_feature_cache(config)
+  return config.optim.freeze_wav2vec2 or uses_feature_cache(config)
 
 
 def make_model_def(config, cfg: DualTalkConfig) -> step_lib.ModelDef:
   """The model graph a run of `config` trains (dtype, remat, frozen wav2vec2)."""
   check_model_options(config, cfg)
-  return step_lib.ModelDef(cfg, dtype=compute_dtype(config), remat=config.get("remat", ""),
+  return step_lib.ModelDef(cfg, dtype=compute_dtype(config), remat=config.remat,
                            frozen_encoders=frozen_wav2vec2(config))
 
 
@@ -161,7 +161,7 @@ class Program:
     data = self.config.data
     ds = pipeline.make_eval_dataset(data.val_dir, batch_size=self.eval_rows_per_host(data.eval_batch_size),
                                     bucket_frames=data.eval_bucket_frames)
-    return self.evaluate(params, ds, scores=data.get("eval_metrics", True))
+    return self.evaluate(params, ds, scores=data.eval_metrics)
 
 
 def _agree_max(n: int) -> int:
@@ -189,7 +189,7 @@ def build(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | Non
   """The program of `config` on a mesh over `devices` (default: `config.mesh.num_devices` or all)."""
   cfg = model_config(config)
   if devices is None:
-    devices = jax.devices()[: config.mesh.num_devices] if config.mesh.get("num_devices") else jax.devices()
+    devices = jax.devices()[: config.mesh.num_devices] if config.mesh.num_devices else jax.devices()
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, devices)
   if config.batch_size % config.grad_accum or (config.batch_size // config.grad_accum) % mesh.size:
     raise ValueError(f"batch_size {config.batch_size} must split over grad_accum {config.grad_accum} and "

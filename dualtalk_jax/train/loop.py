@@ -41,7 +41,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from dualtalk_jax import checkpoint, params as params_lib, sharding
+from dualtalk_jax import audio, checkpoint, params as params_lib, sharding
 from dualtalk_jax.aot import jaxpr_flops, peak_flops
 from dualtalk_jax.config import DualTalkConfig
 from dualtalk_jax.progress import Progress
@@ -68,14 +68,14 @@ def initial_state(config, program: builder.Program) -> dict:
   into their shards), else fresh params (each device initialises its own shards), with
   the wav2vec2 encoders loaded from `pretrained_wav2vec2` if set."""
   cfg = program.model_config
-  if config.get("init_checkpoint"):
+  if config.init_checkpoint:
     stored = checkpoint.read_model_config(config.init_checkpoint)
     if dataclasses.replace(stored, scan_layers=cfg.scan_layers) != cfg:
       raise ValueError(f"{config.init_checkpoint}: its model config differs from the run's")
     params, _, _ = checkpoint.restore_params(config.init_checkpoint, scan_layers=cfg.scan_layers,
                                              target=program.abstract_state()["params"])
     return program.init_state(params)
-  if config.get("pretrained_wav2vec2"):
+  if config.pretrained_wav2vec2:
     from dualtalk_jax.convert import hf_wav2vec2
     from dualtalk_jax.models.dualtalk import DualTalk, make_rngs
 
@@ -118,7 +118,7 @@ def ensure_synthetic_data(config, workdir: str, log=logging.info) -> None:
         continue
       raw = os.path.join(os.path.abspath(workdir), "synthetic", name)
       t = time.time()
-      mb = num * (syn.min_seconds + syn.max_seconds) / 2 * 2 * 16000 * 4 / 1e6
+      mb = num * (syn.min_seconds + syn.max_seconds) / 2 * 2 * audio.SAMPLE_RATE * 4 / 1e6
       log(f"synthesizing {num} {name} conversations into {raw} (about {mb:.0f} MB)")
       synthetic.synthesize(raw, num, syn.seed, first_index=first, min_seconds=syn.min_seconds,
                            max_seconds=syn.max_seconds)
@@ -188,7 +188,7 @@ def train_iterator(config) -> ShardedIterator:
   from dualtalk_jax.data import pipeline
 
   n_proc, pi = jax.process_count(), jax.process_index()
-  shards = config.data.get("num_shards", 0) or n_proc
+  shards = config.data.num_shards or n_proc
   if shards % n_proc or config.batch_size % shards:
     raise ValueError(f"data.num_shards {shards} must be a multiple of the {n_proc} processes and divide batch_size "
                      f"{config.batch_size}")
@@ -290,7 +290,6 @@ def _check_finite(first_bad, checked: int, done: int, root: str) -> None:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains per `config` in `workdir` (resuming if it holds a checkpoint); returns the last metrics."""
-  jax.config.update("jax_threefry_partitionable", True)
   workdir = os.path.abspath(workdir)
   with _host_reads():
     if config.synthetic.enabled:
@@ -334,7 +333,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         train_step = traced.lower().compile()
         logging.info("compiled the train step in %.1f s; training steps %d to %d", time.time() - t_compile,
                      start_step + 1, config.total_steps)
-    validating = bool(config.eval_every and config.data.get("val_dir"))
+    validating = bool(config.eval_every and config.data.val_dir)
     t0, last_log_step = time.time(), start_step
     checked = start_step  # the last step whose loss (and all before it) is known to be finite
     for step in range(start_step, config.total_steps):

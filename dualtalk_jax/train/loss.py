@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-GROUPS = {"exp": slice(0, 50), "jaw": slice(50, 53), "neck": slice(53, 56)}
+from dualtalk_jax.audio import MOTION_GROUPS
 
 
 def _masked_mse(diff, mask):
@@ -27,7 +27,7 @@ def dualtalk_loss(pred, target, mask=None):
   t = min(pred.shape[1], target.shape[1])
   pred, target = pred[:, :t], target[:, :t]
   mask = jnp.ones(pred.shape[:2], jnp.float32) if mask is None else mask[:, :t].astype(jnp.float32)
-  parts = {name: _masked_mse(pred[..., s] - target[..., s], mask) for name, s in GROUPS.items()}
+  parts = {name: _masked_mse(pred[..., s] - target[..., s], mask) for name, s in MOTION_GROUPS.items()}
   vel = (pred[:, 1:] - pred[:, :-1]) - (target[:, 1:] - target[:, :-1])
   parts["velocity"] = _masked_mse(vel, mask[:, 1:] * mask[:, :-1])
   return sum(parts.values()), parts

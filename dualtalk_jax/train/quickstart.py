@@ -36,13 +36,12 @@ from typing import Any
 import jax
 import numpy as np
 
+from dualtalk_jax import audio
 from dualtalk_jax.data import pipeline, records
 from dualtalk_jax.eval import evaluate
-from dualtalk_jax.train import builder, loop
-from dualtalk_jax.train.loss import GROUPS
-from experiments.configs import quickstart as quickstart_config
+from dualtalk_jax.train import builder, configs, loop
 
-JAW_OPEN = 50  # jaw = columns 50:53 (FLAME pose[:, 3:6]); 50 opens the mouth
+JAW_OPEN = audio.MOTION_GROUPS["jaw"].start  # the jaw is FLAME pose[:, 3:6]; its first column opens the mouth
 
 
 def mean_pose(train_dir: str) -> np.ndarray:
@@ -79,7 +78,7 @@ def evaluate_against_baseline(config, out: dict[str, Any], pred_dir: str) -> dic
 
   model = out["model_def"].merge(out["state"]["params"], train=False)
   base = mean_pose(config.data.train_dir)
-  window = float(config.get("eval_window_seconds", 0.0))
+  window = config.eval_window_seconds
   manifest = records.load_manifest(config.data.val_dir)
   reader = pipeline.ClipReader(config.data.val_dir, manifest)
   clips, targets = [], []
@@ -91,7 +90,7 @@ def evaluate_against_baseline(config, out: dict[str, Any], pred_dir: str) -> dic
       targets.append(rec[f"motion_{me}"])
   whole = predict.predict_clips(model, clips, batch_size=config.data.eval_batch_size, bucket_seconds=8.0)
   os.makedirs(pred_dir, exist_ok=True)
-  groups = list(GROUPS.items()) + [("all", slice(0, 56))]
+  groups = list(audio.MOTION_GROUPS.items()) + [("all", slice(0, audio.MOTION_DIM))]
   sums = {f"{who}_{g}": 0.0 for who in ("model", "model_whole", "baseline") for g, _ in groups}
   counts = {g: 0 for g, _ in groups}
   jaw_r = {"model": [], "model_whole": []}
@@ -149,7 +148,7 @@ def run(workdir: str, flame_model=None, **overrides) -> dict[str, Any]:
     flame_model = flame.load_model(flame_model)
   from dualtalk_jax.convert import pytorch
 
-  config = loop.apply_overrides(quickstart_config.get_config(), overrides)
+  config = loop.apply_overrides(configs.quickstart(), overrides)
   workdir = os.path.abspath(workdir)
   if config.synthetic.enabled:
     loop.ensure_synthetic_data(config, workdir, log=say)
@@ -172,7 +171,7 @@ def run(workdir: str, flame_model=None, **overrides) -> dict[str, Any]:
     if released:
       result["released"] = evaluate_against_baseline(released[0], released[1], os.path.join(export_from, "predictions"))
   result["mse"] = scores
-  result["eval_window_seconds"] = float(config.get("eval_window_seconds", 0.0))
+  result["eval_window_seconds"] = config.eval_window_seconds
   result["predictions"] = pred_dir
   try:  # torch is optional at run time (requirements-test.txt); safetensors needs no torch
     import torch  # noqa: F401
