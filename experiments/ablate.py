@@ -25,9 +25,11 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from dualtalk_jax.train import ablation, loop
+  from dualtalk_jax import runtime
 
-  loop.quiet_orbax()
+  runtime.configure()
+  from dualtalk_jax.train import ablation
+
   try:
     variants = ablation.parse_variants(_VARIANTS.value)
     with _CONFIG.value.unlocked():
