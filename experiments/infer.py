@@ -30,11 +30,13 @@ speaker 1 is `--audio_self` (or channel 0 of a two-channel `--audio_self` withou
 `<output stem>_speaker1.npy` / `_speaker2.npy` (each with its FLAME .npz), and with
 `--plot` / `--render` both speakers side by side. `--motion_other` is not accepted: each
 speaker's partner motion is the other speaker's predicted motion
-(`eval.predict.predict_both`). A no_partner_motion model needs none (one prediction per
-speaker); a model that reads partner motion is iterated to a fixed point over the whole
-conversation: round 1 gives each speaker a still partner (the neutral face), each later
-round the partner's previous prediction, `--iterations` rounds (default 3); the largest
-change in the last round is printed.
+(`eval.predict.predict_both`). A no_partner_motion model needs none: one prediction per
+speaker, exact; use one for --both. A model that reads partner motion runs only with an
+explicit `--iterations=N`: N rounds over the whole conversation, round 1 giving each
+speaker a still partner (the neutral face), each later round the partner's previous
+prediction; the largest change in the last round is printed. That is an approximation
+the model was never trained for, and it can be far off (docs/ablation.md: on the
+quickstart's held-out clips worse than the mean pose, and not converging).
 """
 
 from __future__ import annotations
@@ -58,8 +60,8 @@ _MOTION_OTHER = flags.DEFINE_string("motion_other", None, "The partner's FLAME n
 _OUTPUT = flags.DEFINE_string("output", None, "Prediction .npy (a FLAME .npz is written beside it); with --both the "
                               "stem of <stem>_speaker1.npy and <stem>_speaker2.npy.", required=True)
 _BOTH = flags.DEFINE_bool("both", False, "Predict both speakers of a two-track recording (see the module docstring).")
-_ITERATIONS = flags.DEFINE_integer("iterations", 3, "With --both and a model that reads partner motion: rounds of "
-                                   "predicting each speaker from the partner's previous prediction.")
+_ITERATIONS = flags.DEFINE_integer("iterations", None, "With --both and a model that reads partner motion (required "
+                                   "there): rounds of predicting each speaker from the other's previous prediction.")
 _PLOT = flags.DEFINE_string("plot", None, "Optional PNG plot of both speakers' motion.")
 _WINDOW_SECONDS = flags.DEFINE_float("window_seconds", 20.0, "Window length for long inputs; 0 = one whole-clip pass.")
 _OVERLAP_SECONDS = flags.DEFINE_float("overlap_seconds", None, "Minimum overlap between windows (crossfaded); default "
@@ -160,7 +162,7 @@ def _both(audio, files, predict, overlap) -> list[str]:
   """Both speakers: speaker 1 = --audio_self, speaker 2 = --audio_other (or the two channels of --audio_self)."""
   if _MOTION_OTHER.value:
     raise ValueError("--both predicts both speakers' motion from their audio; --motion_other is not accepted")
-  if _ITERATIONS.value < 1:
+  if _ITERATIONS.value is not None and _ITERATIONS.value < 1:
     raise ValueError(f"--iterations must be >= 1, got {_ITERATIONS.value}")
   files.require_file(_AUDIO_SELF.value, "speaker 1 audio (--audio_self)")
   if _AUDIO_OTHER.value:
@@ -170,7 +172,11 @@ def _both(audio, files, predict, overlap) -> list[str]:
     if _CHANNEL.value is not None:
       raise ValueError("--both without --audio_other reads channels 0 and 1 of --audio_self; drop --channel")
     tracks = [(_AUDIO_SELF.value, 0), (_AUDIO_SELF.value, 1)]
-  _checkpoint_config(predict)  # a bad checkpoint fails here, before any output is touched
+  if _checkpoint_config(predict).uses_partner_motion and _ITERATIONS.value is None:
+    raise ValueError(f"{_CHECKPOINT.value}: this model reads the partner's motion, which a two-track recording does "
+                     "not have. Use a checkpoint trained with ablation=no_partner_motion (exact), or pass "
+                     "--iterations=N to give each speaker the other's predicted motion (fixed-point rounds from a "
+                     "still partner; approximate and can be far off: see docs/ablation.md)")
   stem = os.path.splitext(_OUTPUT.value)[0] if _OUTPUT.value.endswith(".npy") else _OUTPUT.value
   outs = [files.prepare_output(f"{stem}_speaker{k}.npy", "--output", (".npy",)) for k in (1, 2)]
   _check_render_plot(files)

@@ -190,6 +190,8 @@ def test_predict_both_iterates_on_the_partners_prediction(tracks):
   assert calls[0].audio_self is a1 and calls[1].audio_self is a2
   with pytest.raises(ValueError, match="iterations must be >= 1"):
     P.predict_both(full, a1, a2, iterations=0, predict_one=one)
+  with pytest.raises(ValueError, match="needs `iterations`"):
+    P.predict_both(full, a1, a2, predict_one=one)
 
 
 def test_infer_both_from_a_two_channel_recording(tiny_ckpt, tracks, tmp_path):
@@ -209,11 +211,11 @@ def test_infer_both_from_a_two_channel_recording(tiny_ckpt, tracks, tmp_path):
     with np.load(tmp_path / f"conv_speaker{k}.npz") as z:
       assert z["exp"].shape == (len(got), 50)
   assert (tmp_path / "conv.png").stat().st_size > 10_000
-  # --motion_other does not go with --both; a mono file cannot be two speakers
-  r = run_infer(f"--checkpoint={tiny_ckpt}", "--both", f"--audio_self={tracks / 's1.wav'}",
+  # a model that reads partner motion needs --iterations with --both; a mono file cannot be two speakers
+  r = run_infer(f"--checkpoint={tiny_ckpt}", "--both", f"--audio_self={tracks / 'stereo.wav'}",
+                f"--output={tmp_path / 'x.npy'}")
+  assert r.returncode == 1 and "reads the partner's motion, which a two-track recording" in r.stderr, r.stderr[-1500:]
+  r = run_infer(f"--checkpoint={tiny_ckpt}", "--both", "--iterations=1", f"--audio_self={tracks / 's1.wav'}",
                 f"--output={tmp_path / 'x.npy'}")
   assert r.returncode == 1 and "needs a two-channel --audio_self" in r.stderr, r.stderr[-1500:]
-  r = run_infer(f"--checkpoint={tiny_ckpt}", "--both", f"--audio_self={tracks / 's1.wav'}",
-                f"--audio_other={tracks / 's2.wav'}", f"--motion_other={tracks / 's1.wav'}", f"--output={tmp_path / 'x.npy'}")
-  assert r.returncode == 1 and "--motion_other is not accepted" in r.stderr, r.stderr[-1500:]
   assert not list(tmp_path.glob("x*"))

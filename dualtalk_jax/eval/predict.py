@@ -347,7 +347,7 @@ def checkpoint_config(checkpoint_path: str, *, config: str = "large", wav2vec2_c
   return checkpoint.read_model_config(path)
 
 
-def predict_both(model, audio_1: np.ndarray, audio_2: np.ndarray, *, iterations: int = 3,
+def predict_both(model, audio_1: np.ndarray, audio_2: np.ndarray, *, iterations: int | None = None,
                  window_seconds: float = 20.0, overlap_seconds: float | None = None, batch_size: int = 1,
                  predict_one=None) -> tuple[np.ndarray, np.ndarray, float]:
   """Both speakers' motion from the two normalised tracks of one conversation.
@@ -355,21 +355,25 @@ def predict_both(model, audio_1: np.ndarray, audio_2: np.ndarray, *, iterations:
   Returns (T_1, 56), (T_2, 56) and the largest change of any value in the last round
   (0 for a model without partner motion). A `no_partner_motion` model reads only the two
   audio tracks: each speaker is one prediction, exactly as with one target. A model that
-  reads the partner's motion gets, for each speaker, the other speaker's *predicted*
-  motion, found by fixed-point iteration over the whole conversation: round 1 gives each
-  speaker a still partner (the neutral FLAME face, all zeros), round k + 1 the partner's
-  round-k prediction, for `iterations` rounds. Each round predicts both speakers from the
-  previous round only (Jacobi), so the two are treated alike; the returned change says
-  how far from a fixed point the last round still moved. Windowing as `predict_windowed`
-  (`predict_one(clip) -> (T, 56)` replaces it: tests).
+  reads the partner's motion needs `iterations`: each speaker gets the other speaker's
+  *predicted* motion, by fixed-point iteration over the whole conversation: round 1 gives
+  each speaker a still partner (the neutral FLAME face, all zeros), round k + 1 the
+  partner's round-k prediction. Each round predicts both speakers from the previous round
+  only (Jacobi), so the two are treated alike; the returned change says how far from a
+  fixed point the last round still moved. The model never saw predicted partners in
+  training: this is an approximation, which can be far off (docs/ablation.md). Windowing
+  as `predict_windowed` (`predict_one(clip) -> (T, 56)` replaces it: tests).
   """
-  if iterations < 1:
+  if iterations is not None and iterations < 1:
     raise ValueError(f"iterations must be >= 1, got {iterations}")
   if predict_one is None:
     predict_one = lambda c: predict_windowed(model, c, window_seconds=window_seconds,
                                              overlap_seconds=overlap_seconds, batch_size=batch_size)
   if not model.config.uses_partner_motion:
     return predict_one(Clip(audio_1, audio_2, None)), predict_one(Clip(audio_2, audio_1, None)), 0.0
+  if iterations is None:
+    raise ValueError("this model reads the partner's motion: predicting both speakers needs `iterations` "
+                     "(fixed-point rounds on the other's prediction), or a no_partner_motion model")
   m1 = np.zeros((audio.num_frames(len(audio_1)), audio.MOTION_DIM), np.float32)
   m2 = np.zeros((audio.num_frames(len(audio_2)), audio.MOTION_DIM), np.float32)
   change = float("inf")
