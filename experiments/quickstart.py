@@ -34,21 +34,22 @@ def main(argv):
   overrides = {} if _STEPS.value is None else {"total_steps": _STEPS.value}
   r = quickstart.run(_WORKDIR.value, flame_model=flame_model, **overrides)
   mse = r["mse"]
+  base = mse["baseline_all"]
+  ratio = lambda m: base / max(m, 1e-12)
   print("\nquickstart finished")
-  print(f"  held-out MSE, all 56 dims: model {mse['model_all']:.5f} vs mean-pose baseline {mse['baseline_all']:.5f}"
-        f" ({mse['baseline_all'] / max(mse['model_all'], 1e-12):.2f}x lower)")
-  for g in ("exp", "jaw", "neck"):
-    print(f"    {g:5s} model {mse[f'model_{g}']:.5f}  baseline {mse[f'baseline_{g}']:.5f}")
-  print(f"  (model in {r['eval_window_seconds']:g} s windows, the training length, as `infer --window_seconds` runs; "
-        f"one pass over each whole clip: {mse['model_whole_all']:.5f}, "
-        f"{mse['baseline_all'] / max(mse['model_whole_all'], 1e-12):.2f}x lower)")
-  print(f"  jaw opening vs truth, mean Pearson r over held-out directions: {mse['jaw_r_model']:.2f} in windows, "
-        f"{mse['jaw_r_model_whole']:.2f} whole-clip")
+  print(f"  held-out clips, one pass over each whole clip (both directions), vs the mean-pose baseline "
+        f"(MSE {base:.5f}, all 56 dims):")
+  models = [("quickstart model (tiny_base + interaction_residual)", mse)]
   if "released" in r:  # the quickstart model adds a residual to the interaction self-attention
-    rel = r["released"]
-    print(f"  released architecture (no interaction residual), same data and budget: whole-clip MSE "
-          f"{rel['model_whole_all']:.5f} ({mse['baseline_all'] / max(rel['model_whole_all'], 1e-12):.2f}x lower), "
-          f"jaw r {rel['jaw_r_model_whole']:.2f}; windows {rel['model_all']:.5f}, jaw r {rel['jaw_r_model']:.2f}")
+    models.append(("released architecture, same data and budget", r["released"]))
+  w = r["eval_window_seconds"]
+  for name, m in models:
+    print(f"    {name}: jaw r {m['jaw_r_model_whole']:.2f}, MSE {m['model_whole_all']:.5f} "
+          f"({ratio(m['model_whole_all']):.2f}x lower); in {w:g} s windows (`infer --window_seconds={w:g}`): "
+          f"jaw r {m['jaw_r_model']:.2f}, MSE {ratio(m['model_all']):.2f}x lower")
+  print("  (jaw r: frame-level Pearson r of the predicted and true jaw opening, mean over directions)")
+  print("  quickstart model, whole clips, per group: " + ", ".join(
+      f"{g} {mse[f'model_whole_{g}']:.5f} (baseline {mse[f'baseline_{g}']:.5f})" for g in ("exp", "jaw", "neck")))
   for key in ("checkpoints", "predictions", "plot", "video", "pytorch_checkpoint"):
     if key in r:
       print(f"  {key:19s} {r[key]}")

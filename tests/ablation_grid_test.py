@@ -76,3 +76,18 @@ def test_cli_trains_scores_and_resumes(tmp_path):
   r = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=env)
   assert r.returncode == 0 and "full: finished earlier" in r.stdout, r.stderr[-3000:]
   assert os.path.getmtime(w / "variants" / "full" / ablation.FINISHED) == stamp
+
+
+def test_grid_synthesizes_its_data_once_into_the_workdir(tmp_path):
+  """With synthetic.enabled and no data dirs, the grid makes the conversations in W/data and
+  every variant reads them (none synthesizes again)."""
+  seen = []
+  c = quickstart.get_config()
+  c.synthetic.num_train_clips, c.synthetic.num_val_clips = 2, 1
+  c.synthetic.min_seconds, c.synthetic.max_seconds = 3.0, 3.5
+  ablation.run_grid(c, str(tmp_path / "w"), ["full", "mfcc"],
+                    train_and_score=lambda cfg, vdir: seen.append(cfg) or {"mse_jaw": 1.0}, log=lambda s: None)
+  for split in ("train", "val"):
+    assert (tmp_path / "w" / "data" / split / "manifest.json").exists()
+    assert [cfg.data[f"{split}_dir"] for cfg in seen] == [str(tmp_path / "w" / "data" / split)] * 2
+  assert not any(cfg.synthetic.enabled for cfg in seen)

@@ -26,7 +26,7 @@ def _spans(mask):
   return zip(edges[::2], edges[1::2])
 
 
-def plot_conversation(path: str, motion_self: np.ndarray, motion_other: np.ndarray, audio_self: np.ndarray,
+def plot_conversation(path: str, motion_self: np.ndarray, motion_other: np.ndarray | None, audio_self: np.ndarray,
                       audio_other: np.ndarray, *, truth: np.ndarray | None = None,
                       labels=("target (prediction)", "partner"), num_exp: int = 3, title: str = "") -> str:
   """Writes a PNG (under a temporary name, then renamed) and returns its path.
@@ -39,9 +39,11 @@ def plot_conversation(path: str, motion_self: np.ndarray, motion_other: np.ndarr
   import matplotlib.pyplot as plt
 
   fps = audio.FPS
-  t = max(len(motion_self), len(motion_other), 0 if truth is None else len(truth))
+  t = max(len(motion_self), 0 if motion_other is None else len(motion_other), 0 if truth is None else len(truth))
   vad = [voice_activity(a, t) for a in (audio_self, audio_other)]
-  lines = [(motion_self, labels[0], COLORS[0], 1.0), (motion_other, labels[1], COLORS[1], 1.0)]
+  lines = [(motion_self, labels[0], COLORS[0], 1.0)]
+  if motion_other is not None:  # None: a no_partner_motion prediction, partner drawn by voice activity only
+    lines.append((motion_other, labels[1], COLORS[1], 1.0))
   if truth is not None:
     lines.insert(1, (truth, "target (truth)", TRUTH_COLOR, 0.8))
   jaw, neck = audio.MOTION_GROUPS["jaw"].start, audio.MOTION_GROUPS["neck"]

@@ -330,3 +330,55 @@ def predict_windowed(model, clip: Clip, *, window_seconds: float = 20.0, overlap
       out[starts[k]:starts[k] + w] += weights[k][:, None] * p
       norm[starts[k]:starts[k] + w] += weights[k][:, None]
   return (out / norm).astype(np.float32)
+
+
+def checkpoint_config(checkpoint_path: str, *, config: str = "large", wav2vec2_config: str | None = None,
+                      config_given: bool = False):
+  """The `DualTalkConfig` `load_model` would build, read without loading any weights (so
+  a CLI can refuse inputs that do not fit the model before the slow load)."""
+  from dualtalk_jax import checkpoint
+  from dualtalk_jax.config import get_model_config
+  from dualtalk_jax.convert import pytorch
+
+  path = check_checkpoint_path(checkpoint_path)
+  if pytorch.is_torch_file(path):
+    asked = get_model_config(config, wav2vec2_config) if (config_given or wav2vec2_config) else None
+    return pytorch.torch_file_config(path, asked, default=config)
+  return checkpoint.read_model_config(path)
+
+
+def predict_both(model, audio_1: np.ndarray, audio_2: np.ndarray, *, iterations: int | None = None,
+                 window_seconds: float = 20.0, overlap_seconds: float | None = None, batch_size: int = 1,
+                 predict_one=None) -> tuple[np.ndarray, np.ndarray, float]:
+  """Both speakers' motion from the two normalised tracks of one conversation.
+
+  Returns (T_1, 56), (T_2, 56) and the largest change of any value in the last round
+  (0 for a model without partner motion). A `no_partner_motion` model reads only the two
+  audio tracks: each speaker is one prediction, exactly as with one target. A model that
+  reads the partner's motion needs `iterations`: each speaker gets the other speaker's
+  *predicted* motion, by fixed-point iteration over the whole conversation: round 1 gives
+  each speaker a still partner (the neutral FLAME face, all zeros), round k + 1 the
+  partner's round-k prediction. Each round predicts both speakers from the previous round
+  only (Jacobi), so the two are treated alike; the returned change says how far from a
+  fixed point the last round still moved. The model never saw predicted partners in
+  training: this is an approximation, which can be far off (docs/ablation.md). Windowing
+  as `predict_windowed` (`predict_one(clip) -> (T, 56)` replaces it: tests).
+  """
+  if iterations is not None and iterations < 1:
+    raise ValueError(f"iterations must be >= 1, got {iterations}")
+  if predict_one is None:
+    predict_one = lambda c: predict_windowed(model, c, window_seconds=window_seconds,
+                                             overlap_seconds=overlap_seconds, batch_size=batch_size)
+  if not model.config.uses_partner_motion:
+    return predict_one(Clip(audio_1, audio_2, None)), predict_one(Clip(audio_2, audio_1, None)), 0.0
+  if iterations is None:
+    raise ValueError("this model reads the partner's motion: predicting both speakers needs `iterations` "
+                     "(fixed-point rounds on the other's prediction), or a no_partner_motion model")
+  m1 = np.zeros((audio.num_frames(len(audio_1)), audio.MOTION_DIM), np.float32)
+  m2 = np.zeros((audio.num_frames(len(audio_2)), audio.MOTION_DIM), np.float32)
+  change = float("inf")
+  for _ in range(iterations):
+    n1, n2 = predict_one(Clip(audio_1, audio_2, m2)), predict_one(Clip(audio_2, audio_1, m1))
+    change = float(max(np.abs(n1 - m1).max(), np.abs(n2 - m2).max()))
+    m1, m2 = n1, n2
+  return m1, m2, change

@@ -130,9 +130,11 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str, variants: list[str
                      "choose variants with --variants")
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
+  if config.synthetic.enabled:
+    # before variant_config names the data dirs: ensure_synthetic_data fills only empty ones,
+    # with the same <workdir>/data/<split> paths
+    loop.ensure_synthetic_data(config.copy_and_resolve_references(), workdir)
   first = variant_config(config, variants[0], workdir)
-  if first.synthetic.enabled:
-    loop.ensure_synthetic_data(first, workdir)
   if not first.data.val_dir:
     raise ValueError("config.data.val_dir is empty: the grid scores every variant on that preprocessed split")
   for name in variants:
