@@ -111,17 +111,12 @@ def tracks(tmp_path_factory):
 def no_motion_ckpt(tmp_path_factory):
   import dataclasses
 
-  from predict_test import TINY
+  from conftest import perturbed_model
+  from dualtalk_jax.config import CONFIGS
 
-  from dualtalk_jax.convert import table
-  from dualtalk_jax.models.dualtalk import DualTalk, make_rngs
-
-  model = DualTalk(dataclasses.replace(TINY, ablation="no_partner_motion"), rngs=make_rngs(1))
-  rng = np.random.default_rng(1)
-  table.assign(model, {p: np.asarray(v[...]) + rng.normal(0, 0.05, v.shape).astype(np.float32)
-                       for p, v in table.param_leaves(model)})
+  model = perturbed_model(dataclasses.replace(CONFIGS["tiny"], ablation="no_partner_motion"), seed=1)
   path = str(tmp_path_factory.mktemp("ckpt") / "no_motion")
-  checkpoint.save_params(path, checkpoint.model_params(model), model.config)
+  checkpoint.save_params(path, params_lib.of(model), model.config)
   return path
 
 
