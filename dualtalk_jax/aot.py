@@ -177,8 +177,9 @@ def build(config: ml_collections.ConfigDict, devices) -> tuple[Any, ...]:
   cached = program.feature_cache
   batch = abstract_batch(program.mesh, config.batch_size, config.data.window_frames,
                          program.model_config.wav2vec2.hidden_size if cached else None)
-  # Prediction (validation, inference) always runs on audio.
-  eval_batch = abstract_batch(program.mesh, config.batch_size, config.data.window_frames) if cached else batch
+  # Prediction (validation, inference) always runs on audio: the model inputs of the audio batch.
+  audio_batch = abstract_batch(program.mesh, config.batch_size, config.data.window_frames) if cached else batch
+  eval_batch = {k: audio_batch[k] for k in step_lib.MODEL_INPUTS}
   return program.mesh, program.train_step, program.eval_step, state, batch, eval_batch
 
 
@@ -197,7 +198,7 @@ def compile_steps(config: ml_collections.ConfigDict, topology_name: str, *, effi
   log(f"  train step compiled in {steps[0].compile_s:.0f} s")
   if predict:
     t = time.time()
-    compiled = eval_step.lower(state["params"], eval_batch).compile()
+    compiled = eval_step.lower(state["params"], eval_batch, config.data.window_frames).compile()
     steps.append(_report("predict", compiled, time.time() - t))
     log(f"  prediction step compiled in {steps[1].compile_s:.0f} s")
   chip = chip_of(topology_name)

@@ -12,7 +12,7 @@ import pytest
 from dualtalk_jax import audio, checkpoint
 from dualtalk_jax.eval import predict as P
 from dualtalk_jax.eval import stream as S
-from dualtalk_jax.models.dualtalk import predict
+from dualtalk_jax.eval.predict import predict
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 HOP = audio.SAMPLES_PER_FRAME

@@ -43,21 +43,23 @@ batches hold, instead of the audio and its lengths,
 (H = the cache's wav2vec2 hidden size); the other keys, the window order and the
 iterator state are exactly those of the audio pipeline with the same arguments.
 Evaluation (`make_eval_dataset`) yields whole clips in a fixed order (manifest order,
-target speaker 1 then 2), padded to a multiple of `bucket_frames`, with the true
-lengths in the length keys (`num_frames` = ground-truth frames of motion_self; the
-model's own T comes from `audio.num_frames(audio_self_lengths)`) and `valid` (B,) int32
-(0 for padding rows: the last batch, and the rows that give every process the same
-number of batches).
+target speaker 1 then 2), padded by `pad_batch` (the bucketing prediction uses too) to a
+multiple of `bucket_frames`, with the true lengths in the length keys (`num_frames` =
+the model's output frames, `audio.num_frames(audio_self_lengths)`; `motion_self_lengths`
+= ground-truth frames) and `valid` (B,) int32 (0 for padding rows: the last batch, and
+the rows that give every process the same number of batches).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Sequence
 
 import grain
 import numpy as np
 
+from dualtalk_jax import audio
 from dualtalk_jax.data import records
 from dualtalk_jax.hostmem import tune_malloc
 
@@ -279,40 +281,45 @@ class _LoadWhole:
     clip = self.reader(cid)
     a_s, a_o, m_s, m_o = _pair(clip, target)
     return {"audio_self": a_s, "audio_other": a_o, "motion_self": m_s, "motion_other": m_o,
-            "clip_id": cid, "target": target + 1}
+            "num_frames": audio.num_frames(a_s.size), "clip_id": cid, "target": target + 1}
 
 
-class _PadBatch:
-  """Pads whole clips to a shared bucketed length and a full batch; keeps true lengths."""
+def sample_frames(sample: dict[str, Any]) -> int:
+  """Frames one sample needs in a padded batch: its output frames and every input's length."""
+  lengths = [sample["num_frames"], -(-len(sample["audio_self"]) // HOP), -(-len(sample["audio_other"]) // HOP)]
+  return max(lengths + [len(sample[k]) for k in ("motion_self", "motion_other") if sample.get(k) is not None])
 
-  def __init__(self, batch_size, bucket_frames):
-    self.b, self.bucket = batch_size, bucket_frames
 
-  def __call__(self, samples):
-    real = [s for s in samples if s is not None]
-    t_max = max([s["motion_self"].shape[0] for s in real] + [1])
-    a_max = max([max(s["audio_self"].size, s["audio_other"].size) for s in real] + [1])
-    t_pad = -(-max(t_max, -(-a_max // HOP)) // self.bucket) * self.bucket
-    b = self.b
-    out = {"audio_self": np.zeros((b, t_pad * HOP), np.float32),
-           "audio_other": np.zeros((b, t_pad * HOP), np.float32),
-           "motion_self": np.zeros((b, t_pad, 56), np.float32),
-           "motion_other": np.zeros((b, t_pad, 56), np.float32)}
-    for k in ("audio_self_lengths", "audio_other_lengths", "motion_other_lengths",
-              "num_frames", "clip_id", "target", "valid"):
-      out[k] = np.zeros((b,), np.int32)
-    out["clip_id"][:] = -1
-    for i, s in enumerate(samples):
-      if s is None:
-        continue
-      for k in ("audio_self", "audio_other", "motion_self", "motion_other"):
-        out[k][i, :s[k].shape[0]] = s[k]
-      out["audio_self_lengths"][i] = s["audio_self"].size
-      out["audio_other_lengths"][i] = s["audio_other"].size
-      out["motion_other_lengths"][i] = s["motion_other"].shape[0]
-      out["num_frames"][i] = s["motion_self"].shape[0]
-      out["clip_id"][i], out["target"][i], out["valid"][i] = s["clip_id"], s["target"], 1
-    return out
+def pad_batch(samples: Sequence[dict[str, Any] | None], batch_size: int, bucket_frames: int) -> dict[str, np.ndarray]:
+  """Whole clips -> one padded batch of `batch_size` rows: the one bucketing of prediction and validation.
+
+  A sample holds `audio_self`, `audio_other`, `motion_other` (None: absent) and
+  `num_frames` (the model's output frames), optionally `motion_self`, `clip_id`, `target`;
+  None is a padding row. Time is padded to T = `audio.bucket_frames` of the longest
+  sample (`sample_frames`) and audio to T * 640 samples; the true lengths are kept
+  (`*_lengths`, `num_frames`), and `valid` is 0 on padding rows.
+  """
+  if len(samples) > batch_size:
+    raise ValueError(f"{len(samples)} samples for a batch of {batch_size}")
+  t = audio.bucket_frames(max([sample_frames(s) for s in samples if s is not None] + [1]), bucket_frames)
+  out = {k: np.zeros((batch_size, t * HOP), np.float32) for k in ("audio_self", "audio_other")}
+  out.update({k: np.zeros((batch_size, t, audio.MOTION_DIM), np.float32) for k in ("motion_self", "motion_other")})
+  for k in ("self", "other"):
+    out[f"audio_{k}_lengths"] = np.zeros((batch_size,), np.int32)
+    out[f"motion_{k}_lengths"] = np.zeros((batch_size,), np.int32)
+  for k in ("num_frames", "target", "valid"):
+    out[k] = np.zeros((batch_size,), np.int32)
+  out["clip_id"] = np.full((batch_size,), -1, np.int32)
+  for i, s in enumerate(samples):
+    if s is None:
+      continue
+    for k in ("audio_self", "audio_other", "motion_self", "motion_other"):
+      if s.get(k) is not None:
+        out[k][i, :len(s[k])] = s[k]
+        out[f"{k}_lengths"][i] = len(s[k])
+    out["num_frames"][i], out["valid"][i] = s["num_frames"], 1
+    out["clip_id"][i], out["target"][i] = s.get("clip_id", -1), s.get("target", 0)
+  return out
 
 
 def make_eval_dataset(data_dir: str, *, batch_size: int = 8, bucket_frames: int = 250,
@@ -335,4 +342,4 @@ def make_eval_dataset(data_dir: str, *, batch_size: int = 8, bucket_frames: int 
   mine = items[pi::pc]
   mine += [(-1, 0)] * (per_process - len(mine))
   ds = grain.MapDataset.source(mine).map(_LoadWhole(ClipReader(data_dir, manifest)))
-  return ds.batch(batch_size, batch_fn=_PadBatch(batch_size, bucket_frames))
+  return ds.batch(batch_size, batch_fn=functools.partial(pad_batch, batch_size=batch_size, bucket_frames=bucket_frames))

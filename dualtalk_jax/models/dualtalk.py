@@ -77,6 +77,13 @@ def frame_mask(num_frames, max_frames: int):
   return jnp.arange(max_frames)[None, :] < jnp.asarray(num_frames)[:, None]
 
 
+def require_partner_motion(cfg: DualTalkConfig, given: bool) -> None:
+  """Refuses input without the partner's motion for a model that reads it."""
+  if not given and cfg.uses_partner_motion:
+    raise ValueError(f"this model (ablation {cfg.ablation!r}) needs the partner's motion; only a "
+                     "no_partner_motion model runs without it")
+
+
 class JointEncoder(nnx.Module):
   """`joint_encoder`: DualSpeakerJointEncoder (ablations: see the module docstring)."""
 
@@ -295,9 +302,7 @@ class DualTalk(nnx.Module):
       max_frames = int(np.max(np.asarray(num_frames)))
     num_frames = jnp.asarray(num_frames, jnp.int32)
     cfg = self.config
-    if motion_other is None and cfg.uses_partner_motion:
-      raise ValueError(f"this model (ablation {cfg.ablation!r}) needs the partner's motion; only a "
-                       "no_partner_motion model runs without it")
+    require_partner_motion(cfg, motion_other is not None)
     if not cfg.uses_partner_motion:
       motion_other = motion_other_lengths = None  # never read
     elif motion_other_lengths is None:
@@ -330,31 +335,6 @@ class DualTalk(nnx.Module):
     if hasattr(self, "interaction_module"):
       h = self.interaction_module(h, mask=mask)
     return self.synthesis_module(h, mask=mask)
-
-
-@functools.partial(nnx.jit, static_argnames=("max_frames",))
-def _predict(model, audio_self, audio_other, motion_other, audio_self_lengths, audio_other_lengths, motion_other_lengths, num_frames, max_frames):
-  return model(
-      audio_self, audio_other, motion_other, audio_self_lengths=audio_self_lengths, audio_other_lengths=audio_other_lengths,
-      motion_other_lengths=motion_other_lengths, num_frames=num_frames, max_frames=max_frames,
-  )
-
-
-def predict(model: DualTalk, audio_self, audio_other, motion_other, *, audio_self_lengths=None, audio_other_lengths=None,
-            motion_other_lengths=None, num_frames=None, max_frames=None):
-  """`model(...)` under `nnx.jit`; host-side defaults as in `DualTalk.__call__` (one compile per shape)."""
-  b, s = np.shape(audio_self)
-  if num_frames is None:
-    if audio_self_lengths is not None:
-      raise ValueError("num_frames is required with audio_self_lengths (computed on the host in float64)")
-    num_frames = np.full((b,), audio.num_frames(s), np.int32)
-  if max_frames is None:
-    max_frames = int(np.max(num_frames))
-  full = lambda x, arr: None if arr is None else np.full((b,), np.shape(arr)[1], np.int32) if x is None else x
-  return _predict(
-      model, audio_self, audio_other, motion_other, full(audio_self_lengths, audio_self),
-      full(audio_other_lengths, audio_other), full(motion_other_lengths, motion_other), num_frames, max_frames,
-  )
 
 
 @functools.lru_cache(maxsize=4)

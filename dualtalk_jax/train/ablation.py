@@ -78,7 +78,7 @@ def _shared_data(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return c
 
 
-def score_records(model, val_dir: str, *, batch_size: int = 8, bucket_seconds: float = 8.0,
+def score_records(model, val_dir: str, *, batch_size: int = 8, bucket_frames: int = 200,
                   seed: int = 0) -> dict[str, float]:
   """Released metrics (+ speaking/listening) of `model` on every clip of a preprocessed
   split, both directions, one whole-clip pass each; means over directions."""
@@ -95,7 +95,7 @@ def score_records(model, val_dir: str, *, batch_size: int = 8, bucket_seconds: f
       gts.append(rec[f"motion_{me}"])
       others.append(rec[f"motion_{other}"])
       audios.append((rec[f"audio_{me}"], rec[f"audio_{other}"]))
-  preds = predict.predict_clips(model, clips, batch_size=batch_size, bucket_seconds=bucket_seconds)
+  preds = predict.predict_clips(model, clips, batch_size=batch_size, bucket_frames=bucket_frames)
   res = metrics.evaluate_files(preds, gts, others, seed=seed)["mean"]
   masks = {r: [] for r in metrics.ROLES}
   for p, g, o, (a_self, a_other) in zip(preds, gts, others, audios):
@@ -111,8 +111,7 @@ def train_and_score(config: ml_collections.ConfigDict, vdir: str) -> dict[str, f
   from dualtalk_jax.train import loop
 
   out = loop.train_and_evaluate(config, vdir)
-  model = out["model_def"].merge(out["state"]["params"], train=False)
-  return score_records(model, config.data.val_dir, batch_size=config.data.eval_batch_size, seed=config.seed)
+  return score_records(out["program"].predictor(out["state"]["params"]), config.data.val_dir, batch_size=config.data.eval_batch_size, seed=config.seed)
 
 
 def run_grid(config: ml_collections.ConfigDict, workdir: str, variants: list[str], *, train_and_score=train_and_score,

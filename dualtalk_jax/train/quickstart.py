@@ -77,7 +77,7 @@ def evaluate_against_baseline(config, out: dict[str, Any], pred_dir: str) -> dic
   """
   from dualtalk_jax.eval import predict
 
-  model = out["model_def"].merge(out["state"]["params"], train=False)
+  model = out["program"].predictor(out["state"]["params"])  # the eval step validation runs
   base = mean_pose(config.data.train_dir)
   window = float(config.get("eval_window_seconds", 0.0))
   manifest = records.load_manifest(config.data.val_dir)
@@ -89,7 +89,7 @@ def evaluate_against_baseline(config, out: dict[str, Any], pred_dir: str) -> dic
       clips.append(predict.Clip(rec[f"audio_{me}"], rec[f"audio_{other}"], rec[f"motion_{other}"],
                                 f"{c['name']}_speaker{me}"))
       targets.append(rec[f"motion_{me}"])
-  whole = predict.predict_clips(model, clips, batch_size=config.data.eval_batch_size, bucket_seconds=8.0)
+  whole = predict.predict_clips(model, clips, batch_size=config.data.eval_batch_size, bucket_frames=200)
   os.makedirs(pred_dir, exist_ok=True)
   groups = list(GROUPS.items()) + [("all", slice(0, 56))]
   sums = {f"{who}_{g}": 0.0 for who in ("model", "model_whole", "baseline") for g, _ in groups}

@@ -194,19 +194,22 @@ def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, *, se
                  donate_argnums=0)
 
 
-def make_eval_step(model_def: ModelDef, *, mesh: Mesh, param_shardings) -> Callable:
-  """jit(params, batch) -> predictions (B, T, 56) in eval mode, T = batch['motion_self'] frames.
+def make_eval_step(model_def: ModelDef, *, mesh: Mesh | None = None, param_shardings=None) -> Callable:
+  """jit(params, batch, max_frames) -> predictions (B, max_frames, 56) in eval mode.
 
-  Params, the global batch (split over the batch axes, as in training) and the predictions
-  have explicit shardings: the one eval step of validation and AOT (`train.builder`)."""
+  The one prediction function (`eval.predict.Predictor` runs it for validation, evaluation,
+  inference, streaming and the benchmarks; AOT compiles it). `batch` holds the
+  `MODEL_INPUTS`; `max_frames` is static. With a mesh, params, the global batch (split
+  over the batch axes, as in training) and the predictions have explicit shardings."""
 
-  def eval_fn(params, batch):
-    model = model_def.merge(params, train=False)
-    max_frames = batch["motion_self"].shape[1]
-    return forward(model, batch, max_frames)
+  def eval_fn(params, batch, max_frames):
+    return forward(model_def.merge(params, train=False), batch, max_frames)
 
-  batch_sh = {k: sharding.batch_sharding(mesh, n) for k, n in BATCH_NDIM.items()}
-  return jax.jit(eval_fn, in_shardings=(param_shardings, batch_sh), out_shardings=sharding.batch_sharding(mesh, 3))
+  if mesh is None:
+    return jax.jit(eval_fn, static_argnums=2)
+  batch_sh = {k: sharding.batch_sharding(mesh, BATCH_NDIM[k]) for k in MODEL_INPUTS}
+  return jax.jit(eval_fn, static_argnums=2, in_shardings=(param_shardings, batch_sh),
+                 out_shardings=sharding.batch_sharding(mesh, 3))
 
 
 def init_state(model_def: ModelDef, tx: optax.GradientTransformation, params, *, mesh: Mesh | None = None):
