@@ -35,9 +35,9 @@ Batch keys (training, all `B = batch_size` rows, numpy):
   motion_other                (B, W, 56) float32
   audio_self_lengths, audio_other_lengths, motion_other_lengths, num_frames   (B,) int32
   clip_id (record index), window, target (1 or 2: which speaker is the target)   (B,) int32
-With `feature_cache=True` (data preprocessed with `--cache_wav2vec2`, feature_cache.py)
-the blocks are read from the feature shards (features and motion, no audio) and the
-batches hold, instead of the audio and its lengths,
+With `feature_cache=True` (data preprocessed with `--cache_wav2vec2`; everything about
+the cache is in feature_cache.py) the blocks are read from the feature shards (features
+and motion, no audio) and the batches hold, instead of the audio and its lengths,
   features_self               (B, W, H) float32, audio_encoder1 on the target's window
   features_other              (B, W, H) float32, audio_encoder2 on the partner's window
 (H = the cache's wav2vec2 hidden size); the other keys, the window order and the
@@ -94,11 +94,11 @@ def balance(weights: Sequence[int], parts: int) -> list[list[int]]:
 class ClipReader:
   """Random access to decoded clips by record index. Picklable; opens files lazily.
 
-  `features=True` reads the feature cache's records (same indices) instead."""
+  `paths`: shards parallel to the clip shards to read instead (the feature cache's,
+  `feature_cache.reader`)."""
 
-  def __init__(self, data_dir: str, manifest: dict[str, Any], features: bool = False):
-    self._paths = (records.feature_shard_paths(data_dir, manifest) if features
-                   else records.shard_paths(data_dir, manifest))
+  def __init__(self, data_dir: str, manifest: dict[str, Any], paths: list[str] | None = None):
+    self._paths = records.shard_paths(data_dir, manifest) if paths is None else paths
     self._source = None
 
   def __getstate__(self):
@@ -145,42 +145,41 @@ def _pair(clip, target):
   return clip[f"audio_{s}"], clip[f"audio_{o}"], clip[f"motion_{s}"], clip[f"motion_{o}"]
 
 
-class _Windows(grain.experimental.FlatMapTransform):
-  """_Block -> its samples, in the block's (shuffled) order.
+class _WindowAudio:
+  """The model inputs of one training window from its clip record: both tracks' audio."""
 
-  `shared` None: audio windows from clip records; True/False: cached features from
-  feature records (one array per speaker, or one per encoder and speaker)."""
+  def __init__(self, window_frames):
+    self.n = window_frames * HOP
+
+  def __call__(self, record, window, target):
+    a_s, a_o, _, _ = _pair(record, target - 1)
+    a0, n = window * self.n, np.int32(self.n)
+    return {"audio_self": a_s[a0:a0 + self.n], "audio_other": a_o[a0:a0 + self.n], "audio_self_lengths": n,
+            "audio_other_lengths": n}
+
+
+class _Windows(grain.experimental.FlatMapTransform):
+  """_Block -> its samples, in the block's (shuffled) order. `inputs(record, window,
+  target)` gives a window's model inputs: audio (`_WindowAudio`) or cached features
+  (`feature_cache.WindowFeatures`)."""
 
   max_fan_out = 1 << 30
 
-  def __init__(self, window_frames, shared=None):
+  def __init__(self, window_frames, inputs):
     self.w = window_frames
-    self.shared = shared
+    self.inputs = inputs
 
   def flat_map(self, block):
     w, out = self.w, []
-    n_audio = np.int32(w * HOP)
     n_frames = np.int32(w)
     for cid, win, d in block.items:
       clip = block.clips[cid]
+      s, o = (1, 2) if d == 0 else (2, 1)
       f0 = win * w
-      if self.shared is None:
-        a_s, a_o, m_s, m_o = _pair(clip, d)
-        inputs = {"audio_self": a_s[f0 * HOP:(f0 + w) * HOP], "audio_other": a_o[f0 * HOP:(f0 + w) * HOP]}
-      else:
-        s, o = (1, 2) if d == 0 else (2, 1)
-        m_s, m_o = clip[f"motion_{s}"], clip[f"motion_{o}"]
-        k_s, k_o = records.feature_keys(self.shared, d + 1)
-        inputs = {"features_self": clip[k_s][win], "features_other": clip[k_o][win]}
-      sample = {
-          **inputs,
-          "motion_self": m_s[f0:f0 + w],
-          "motion_other": m_o[f0:f0 + w],
-      }
-      if self.shared is None:
-        sample["audio_self_lengths"] = n_audio
-        sample["audio_other_lengths"] = n_audio
+      sample = self.inputs(clip, win, d + 1)
       sample.update({
+          "motion_self": clip[f"motion_{s}"][f0:f0 + w],
+          "motion_other": clip[f"motion_{o}"][f0:f0 + w],
           "motion_other_lengths": n_frames,
           "num_frames": n_frames,
           "clip_id": np.int32(cid),
@@ -239,16 +238,18 @@ def make_train_dataset(data_dir: str, *, window_frames: int = 200, batch_size: i
   pi, pc = _process(process_index, process_count)
   manifest = records.load_manifest(data_dir)
   clip_ids, windows = train_clips(manifest, window_frames, pi, pc)
-  shared = None
   if feature_cache:
-    shared = bool(records.feature_cache_entry(data_dir, manifest, window_frames)["shared"])
-  loader = _LoadBlock(ClipReader(data_dir, manifest, features=feature_cache), clip_ids, windows,
-                      clips_per_block, seed, shuffle)
+    from dualtalk_jax.data import feature_cache as cache
+
+    reader, inputs = cache.train_source(data_dir, manifest, window_frames)
+  else:
+    reader, inputs = ClipReader(data_dir, manifest), _WindowAudio(window_frames)
+  loader = _LoadBlock(reader, clip_ids, windows, clips_per_block, seed, shuffle)
   ds = grain.MapDataset.range(loader.blocks_per_epoch).repeat(num_epochs)
   ds = ds.map_with_index(loader)
   # One reader thread, a block or two ahead: blocks are large (clips_per_block clips).
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=read_threads))
-  ds = grain.experimental.FlatMapIterDataset(ds, _Windows(window_frames, shared))
+  ds = grain.experimental.FlatMapIterDataset(ds, _Windows(window_frames, inputs))
   ds = ds.batch(batch_size, drop_remainder=True)
   if worker_count > 0:
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count,
