@@ -64,6 +64,22 @@ class Clip:
             "num_frames": self.num_frames if num_frames is None else num_frames}
 
 
+def split_clips(data_dir: str) -> list[tuple[Clip, np.ndarray]]:
+  """Every clip of a preprocessed split in both directions, in manifest order: (the clip
+  named `<clip>_speakerK`, speaker K's true motion)."""
+  from dualtalk_jax.data import pipeline, records
+
+  manifest = records.load_manifest(data_dir)
+  reader = pipeline.ClipReader(data_dir, manifest)
+  out = []
+  for c in manifest["clips"]:
+    rec = reader(c["record_index"])
+    for me, other in ((1, 2), (2, 1)):
+      clip = Clip(rec[f"audio_{me}"], rec[f"audio_{other}"], rec[f"motion_{other}"], f"{c['name']}_speaker{me}")
+      out.append((clip, rec[f"motion_{me}"]))
+  return out
+
+
 def check_checkpoint_path(path: str) -> str:
   """Fails fast, before any import of the model, on a checkpoint path that cannot be one."""
   from dualtalk_jax import checkpoint

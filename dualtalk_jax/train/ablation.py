@@ -82,24 +82,15 @@ def score_records(model, val_dir: str, *, batch_size: int = 8, bucket_frames: in
                   seed: int = 0) -> dict[str, float]:
   """Released metrics (+ speaking/listening) of `model` on every clip of a preprocessed
   split, both directions, one whole-clip pass each; means over directions."""
-  from dualtalk_jax.data import pipeline, records
   from dualtalk_jax.eval import activity, metrics, predict
 
-  manifest = records.load_manifest(val_dir)
-  reader = pipeline.ClipReader(val_dir, manifest)
-  clips, gts, others, audios = [], [], [], []
-  for c in manifest["clips"]:
-    rec = reader(c["record_index"])
-    for me, other in ((1, 2), (2, 1)):
-      clips.append(predict.Clip(rec[f"audio_{me}"], rec[f"audio_{other}"], rec[f"motion_{other}"], f"{c['name']}_{me}"))
-      gts.append(rec[f"motion_{me}"])
-      others.append(rec[f"motion_{other}"])
-      audios.append((rec[f"audio_{me}"], rec[f"audio_{other}"]))
+  clips, gts = zip(*predict.split_clips(val_dir))
+  others = [c.motion_other for c in clips]
   preds = predict.predict_clips(model, clips, batch_size=batch_size, bucket_frames=bucket_frames)
   res = metrics.evaluate_files(preds, gts, others, seed=seed)["mean"]
   masks = {r: [] for r in metrics.ROLES}
-  for p, g, o, (a_self, a_other) in zip(preds, gts, others, audios):
-    speaking, listening = activity.roles(a_self, a_other, min(len(p), len(g), len(o)))
+  for p, g, c in zip(preds, gts, clips):
+    speaking, listening = activity.roles(c.audio_self, c.audio_other, min(len(p), len(g), len(c.motion_other)))
     masks["speaking"].append(speaking)
     masks["listening"].append(listening)
   res.update(metrics.evaluate_roles(preds, gts, others, masks, seed=seed)["mean"])

@@ -80,15 +80,7 @@ def evaluate_against_baseline(config, out: dict[str, Any], pred_dir: str) -> dic
   model = out["program"].predictor(out["state"]["params"])  # the eval step validation runs
   base = mean_pose(config.data.train_dir)
   window = float(config.get("eval_window_seconds", 0.0))
-  manifest = records.load_manifest(config.data.val_dir)
-  reader = pipeline.ClipReader(config.data.val_dir, manifest)
-  clips, targets = [], []
-  for c in manifest["clips"]:
-    rec = reader(c["record_index"])
-    for me, other in ((1, 2), (2, 1)):
-      clips.append(predict.Clip(rec[f"audio_{me}"], rec[f"audio_{other}"], rec[f"motion_{other}"],
-                                f"{c['name']}_speaker{me}"))
-      targets.append(rec[f"motion_{me}"])
+  clips, targets = zip(*predict.split_clips(config.data.val_dir))
   whole = predict.predict_clips(model, clips, batch_size=config.data.eval_batch_size, bucket_frames=200)
   os.makedirs(pred_dir, exist_ok=True)
   groups = list(GROUPS.items()) + [("all", slice(0, 56))]
