@@ -2,7 +2,7 @@
 
 `build(config, devices)` turns a training config into a `Program`: what
 `train.loop.train_and_evaluate` runs, what `aot.compile_steps` compiles for a TPU topology
-it cannot see, and what validation scores with (`Program.evaluate`). Building it allocates
+it cannot see, and what validation scores with (`Program.validate`). Building it allocates
 nothing; `Program.init_state` and `Program.abstract_state` make the state.
 
 Validation is mesh-aware and multi-host: every host reads its share of the eval rows
@@ -83,7 +83,7 @@ def optim_config(config) -> step_lib.OptimConfig:
 class Program:
   """Everything a run of one config compiles, for one mesh.
 
-  `train_step(state, batch) -> (state, metrics)` and `eval_step(params, batch) ->
+  `train_step(state, batch) -> (state, metrics)` and `eval_step(params, batch, max_frames) ->
   predictions` are jitted with the mesh's shardings (`step.make_train_step` /
   `step.make_eval_step`); `state_shardings` places the train state
   ({'step', 'params', 'opt_state'}).
