@@ -6,8 +6,8 @@ if absent): target audio, partner audio and partner motion -> target motion. Bot
 hold the same random weights (ours exported with `params_to_state_dict`, loaded into the
 torch tree with `load_state_dict(strict=True)`), and their outputs are compared (max |diff|).
 
-  JAX      the model's `__call__` as `predict` calls it, jitted (`jax.jit` over the split
-           params, compiled ahead of time so the compile time is reported apart), f32 or
+  JAX      the one prediction step (`eval.predict.Predictor`, as evaluation and inference
+           run it; compiled ahead of time so the compile time is reported apart), f32 or
            `--dtype bfloat16` compute (f32 params), on JAX's default device.
   PyTorch  `third_party.dualtalk_torch.DualTalk`, eval(), `torch.no_grad()`,
            `torch.set_num_threads(os.cpu_count())` (or `--torch_threads`), f32, its default (released, "eager")
@@ -115,18 +115,13 @@ def torch_twin(model, cfg, *, attn: str = "eager", device: str = "cpu"):
   return ref.eval().to(device)
 
 
-def jax_forward(model):
-  """(jitted f(state, a, b, m, lengths...) with max_frames static, state): `predict`'s call."""
-  import jax
-  from flax import nnx
+def jax_predictor(model, dtype):
+  """The one prediction function (`eval.predict.Predictor`) over `model`'s params, `dtype` compute."""
+  from dualtalk_jax import checkpoint
+  from dualtalk_jax.eval.predict import Predictor
+  from dualtalk_jax.train.step import ModelDef
 
-  graphdef, state = nnx.split(model)
-
-  def f(state, a, b, m, a_len, b_len, m_len, num_frames, max_frames):
-    return nnx.merge(graphdef, state)(a, b, m, audio_self_lengths=a_len, audio_other_lengths=b_len,
-                                      motion_other_lengths=m_len, num_frames=num_frames, max_frames=max_frames)
-
-  return jax.jit(f, static_argnames=("max_frames",)), state
+  return Predictor(ModelDef(model.config, dtype=dtype), checkpoint.model_params(model))
 
 
 def flops_of(compiled) -> float | None:
@@ -187,7 +182,7 @@ def main():
     t0 = time.perf_counter()
     ref = torch_twin(model, cfg, attn=args.torch_attn, device=tdev)
     print(f"# torch twin built and loaded (strict) in {time.perf_counter() - t0:.1f} s")
-  fn, state = jax_forward(model)
+  predictor = jax_predictor(model, dtype)
 
   clip = demo_clip(args.samples_dir)
   print(f"# audio: {'demo pair ' + args.samples_dir + ', tiled' if clip else 'synthetic (demo sample absent)'}")
@@ -197,9 +192,11 @@ def main():
     a, b, m = make_inputs(seconds, clip, args.seed)
     s, t = len(a), audio.num_frames(len(a))
     full = lambda n: np.full((1,), n, np.int32)
-    jargs = (state, a[None], b[None], m[None], full(s), full(s), full(t), full(t))
+    batch = {"audio_self": a[None], "audio_other": b[None], "motion_other": m[None], "audio_self_lengths": full(s),
+             "audio_other_lengths": full(s), "motion_other_lengths": full(t), "num_frames": full(t)}
+    jargs = (predictor.params, batch)
     t0 = time.perf_counter()
-    lowered = fn.lower(*jargs, max_frames=t)
+    lowered = predictor.step.lower(*jargs, t)
     compiled = lowered.compile()
     compile_s = time.perf_counter() - t0
     flops = flops_of(compiled)

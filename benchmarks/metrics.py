@@ -40,8 +40,8 @@ def main():
   ap.add_argument("--num_files", type=int, default=500)
   ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--batch_size", type=int, default=16)
-  ap.add_argument("--multiple", type=int, default=None,
-                  help="bucket lengths to multiples of this (default: powers of two)")
+  ap.add_argument("--multiple", type=int, default=metrics.BUCKET_FRAMES,
+                  help="bucket lengths to multiples of this (default: metrics.BUCKET_FRAMES)")
   ap.add_argument("--skip_reference", action="store_true")
   args = ap.parse_args()
   import jax

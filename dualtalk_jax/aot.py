@@ -221,8 +221,9 @@ def build(config: ml_collections.ConfigDict, devices) -> tuple[Any, ...]:
   cached = program.feature_cache
   batch = abstract_batch(program.mesh, config.batch_size, config.data.window_frames,
                          program.model_config.wav2vec2.hidden_size if cached else None)
-  # Prediction (validation, inference) always runs on audio.
-  eval_batch = abstract_batch(program.mesh, config.batch_size, config.data.window_frames) if cached else batch
+  # Prediction (validation, inference) always runs on audio: the model inputs of the audio batch.
+  audio_batch = abstract_batch(program.mesh, config.batch_size, config.data.window_frames) if cached else batch
+  eval_batch = {k: audio_batch[k] for k in step_lib.MODEL_INPUTS}
   return program.mesh, program.train_step, program.eval_step, state, batch, eval_batch
 
 
@@ -237,7 +238,7 @@ def compile_steps(config: ml_collections.ConfigDict, topology_name: str, *, effi
   steps = [_compile("train", train_step, (state, batch), len(devices))]
   log(f"  train step compiled in {steps[0].compile_s:.0f} s")
   if predict:
-    steps.append(_compile("predict", eval_step, (state["params"], eval_batch), len(devices)))
+    steps.append(_compile("predict", eval_step, (state["params"], eval_batch, config.data.window_frames), len(devices)))
     log(f"  prediction step compiled in {steps[1].compile_s:.0f} s")
   chip = chip_of(topology_name)
   return Result(topology_name, slice_name(topology_name, len(devices)), len(devices), devices[0].device_kind,

@@ -11,6 +11,8 @@
   released code writes it (4480 samples give 8 frames, not 7).
 - `motion_from_flame` / `flame_from_motion`: FLAME npz <-> `[exp(50), jaw(3), neck(3)]`.
 - `frame_mismatch`: the one length rule of preprocess, infer and evaluate.
+- `bucket_frames`: the one bucketing policy of padded batches (prediction, validation,
+  metric kernels).
 """
 
 from __future__ import annotations
@@ -166,6 +168,14 @@ def frame_mismatch(a: tuple[str, int], b: tuple[str, int], tolerance: int = MAX_
   if abs(int(n_a) - int(n_b)) <= tolerance:
     return None
   return f"{name_a} has {n_a} frames but {name_b} has {n_b} (tolerance {tolerance})"
+
+
+def bucket_frames(n: int, multiple: int) -> int:
+  """The padded length of `n` frames: the next multiple of `multiple` (at least one).
+
+  Every padded batch uses it (prediction, validation, the metric kernels): a split compiles
+  once per bucket and no clip carries `multiple` or more frames of padding."""
+  return max(1, -(-int(n) // int(multiple))) * int(multiple)
 
 
 def num_frames_array(num_samples: Any) -> np.ndarray:

@@ -10,7 +10,9 @@ r"""Scores predictions of a DualTalk split with the paper's metrics (released `m
 
 `--data_dir` is a raw split folder (`<clip>_speaker{1,2}.{wav,npz}`). With a checkpoint
 (an orbax checkpoint directory, a training workdir, or a released-layout torch file)
-predictions go to `--pred_dir`, else to `<output stem>_predictions/` beside the output.
+predictions are made on a mesh over every device with the eval step training validates
+with (`predict.Predictor`), and go to `--pred_dir`, else to `<output stem>_predictions/`
+beside the output.
 Writes `--output` (JSON: the released keys, means over files, then each key over the
 frames where the target speaks and where it listens, `<key>_speaking` / `<key>_listening`,
 see dualtalk_jax/eval/activity.py) and
@@ -83,8 +85,12 @@ def main(argv):
     if _CHECKPOINT.value:
       predict.check_checkpoint_path(_CHECKPOINT.value)
       model = predict.load_model(_CHECKPOINT.value, **configs.torch_model_args(_CONFIG.value, _WAV2VEC2_CONFIG.value))
-      paths = evaluate.predict_split(model, _DATA_DIR.value, pred_dir, batch_size=_BATCH_SIZE.value,
-                                     bucket_seconds=_BUCKET_SECONDS.value, progress=True, channel=_CHANNEL.value)
+      from dualtalk_jax import audio, sharding
+
+      predictor = predict.Predictor.from_model(model, mesh=sharding.make_mesh())  # every device: the training eval step
+      paths = evaluate.predict_split(predictor, _DATA_DIR.value, pred_dir, batch_size=_BATCH_SIZE.value,
+                                     bucket_frames=max(1, round(_BUCKET_SECONDS.value * audio.FPS)), progress=True,
+                                     channel=_CHANNEL.value)
       print(f"wrote {len(paths)} predictions to {os.path.abspath(pred_dir)} ({time.time() - start:.1f} s)")
     else:
       files.require_dir(pred_dir, "prediction directory")

@@ -10,7 +10,8 @@ from dualtalk_jax import audio, checkpoint, params as params_lib
 from dualtalk_jax.config import ABLATIONS, CONFIGS, DualTalkConfig, get_model_config
 from dualtalk_jax.convert import pytorch, table
 from dualtalk_jax.models import mfcc
-from dualtalk_jax.models.dualtalk import DualTalk, abstract_model, make_rngs, predict
+from dualtalk_jax.eval.predict import predict
+from dualtalk_jax.models.dualtalk import DualTalk, abstract_model, make_rngs
 
 TINY = CONFIGS["tiny"]
 

@@ -95,7 +95,7 @@ def test_feature_cache_config_builds_the_cached_train_step():
   assert "audio_self" in eval_batch  # prediction always runs on audio
   out_state, metrics = jax.eval_shape(train_step, state, batch)
   assert metrics["loss"].shape == () and out_state["step"].shape == ()
-  assert jax.eval_shape(eval_step, state["params"], eval_batch).shape == (8, 10, 56)
+  assert eval_step.eval_shape(state["params"], eval_batch, 10).shape == (8, 10, 56)
 
 
 def _xla_flops(traced) -> float:

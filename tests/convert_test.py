@@ -15,7 +15,8 @@ from flax import nnx
 from dualtalk_jax import audio, checkpoint, params as params_lib
 from dualtalk_jax.config import CONFIGS
 from dualtalk_jax.convert import pytorch, table
-from dualtalk_jax.models.dualtalk import DualTalk, abstract_model, predict
+from dualtalk_jax.eval.predict import predict
+from dualtalk_jax.models.dualtalk import DualTalk, abstract_model
 from third_party.dualtalk_torch import DualTalk as TorchDualTalk
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

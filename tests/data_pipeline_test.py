@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from dualtalk_jax import audio
 from dualtalk_jax.data import pipeline, preprocess, records, synthetic
 
 W = 50
@@ -135,8 +136,8 @@ def test_eval_whole_clips_fixed_order(data):
         continue
       c = clips[int(b["clip_id"][i])]
       s, o = (1, 2) if b["target"][i] == 1 else (2, 1)
-      n, t = int(b["audio_self_lengths"][i]), int(b["num_frames"][i])
-      assert t == c["frames"] and n == c[f"audio_{s}"].size
+      n, t = int(b["audio_self_lengths"][i]), int(b["motion_self_lengths"][i])
+      assert t == c["frames"] and n == c[f"audio_{s}"].size and b["num_frames"][i] == audio.num_frames(n)
       np.testing.assert_array_equal(b["audio_self"][i, :n], c[f"audio_{s}"])
       assert not b["audio_self"][i, n:].any()
       np.testing.assert_array_equal(b["motion_self"][i, :t], c[f"motion_{s}"])

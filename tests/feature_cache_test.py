@@ -57,9 +57,9 @@ def _encoder_model(params):
 def _check_content(data_dir, params):
   """Every cached window equals JointEncoder.encode_audio of its audio (eval mode)."""
   m = records.load_manifest(data_dir)
-  fc = records.feature_cache_entry(data_dir, m, W)
+  fc = feature_cache.cache_entry(data_dir, m, W)
   clips = records.open_records(data_dir, m)
-  feats = pipeline.ClipReader(data_dir, m, features=True)
+  feats = feature_cache.reader(data_dir, m)
   je = _encoder_model(params).joint_encoder
   checked = 0
   for c in m["clips"]:
@@ -114,16 +114,16 @@ def test_cache_round_trip_shared_and_separate_encoders(world):
 
   # The pipeline: same windows, motion and order as the audio pipeline; features, no audio.
   for data_dir in (world["cached"], sep):
-    fc = records.feature_cache_entry(data_dir, records.load_manifest(data_dir))
-    reader = pipeline.ClipReader(data_dir, records.load_manifest(data_dir), features=True)
+    fc = feature_cache.cache_entry(data_dir, records.load_manifest(data_dir))
+    reader = feature_cache.reader(data_dir, records.load_manifest(data_dir))
     audio_batches, feat_batches = list(_train_ds(data_dir)), list(_train_ds(data_dir, feature_cache=True))
     assert len(audio_batches) == len(feat_batches) > 0
     for ba, bf in zip(audio_batches, feat_batches):
-      assert set(bf) == set(step_lib.FEATURE_BATCH_NDIM) | {"clip_id", "window", "target"}
+      assert set(bf) == set(feature_cache.BATCH_NDIM) | {"clip_id", "window", "target"}
       for k in ("clip_id", "window", "target", "motion_self", "motion_other", "motion_other_lengths", "num_frames"):
         np.testing.assert_array_equal(ba[k], bf[k])
       for i, (cid, win, t) in enumerate(zip(bf["clip_id"], bf["window"], bf["target"])):
-        k_s, k_o = records.feature_keys(fc["shared"], int(t))
+        k_s, k_o = feature_cache.record_keys(fc["shared"], int(t))
         rec = reader(int(cid))
         np.testing.assert_array_equal(bf["features_self"][i], rec[k_s][win])
         np.testing.assert_array_equal(bf["features_other"][i], rec[k_o][win])
@@ -143,14 +143,16 @@ def test_model_with_cached_features_equals_frozen_model_on_audio(world):
   model.train()
   freeze_audio_encoders(model)
   assert model.joint_encoder.audio_encoder1.deterministic and not model.interaction_module.dropout.deterministic
-  fwd = nnx.jit(lambda m, b: step_lib.forward(m, b, W))
+  fwd = nnx.jit(step_lib.forward, static_argnames=("max_frames", "feature_cache"))
   outs = []
-  for b in (ba, bf):
+  for b, cached in ((ba, False), (bf, True)):  # the audio step, and the cached one (`DualTalk.from_features`)
     nnx.reseed(model, dropout=7)  # the same dropout draws in the rest of the model
-    outs.append(np.asarray(fwd(model, {k: jnp.asarray(b[k]) for k in step_lib.batch_ndim("features_self" in b)})))
+    outs.append(np.asarray(fwd(model, {k: jnp.asarray(b[k]) for k in step_lib.batch_ndim(cached)}, max_frames=W,
+                               feature_cache=cached)))
   assert np.abs(outs[0] - outs[1]).max() <= 1e-5
   nnx.reseed(model, dropout=8)
-  assert np.abs(np.asarray(fwd(model, {k: jnp.asarray(bf[k]) for k in step_lib.FEATURE_BATCH_NDIM})) - outs[1]).max() > 1e-3
+  again = fwd(model, {k: jnp.asarray(bf[k]) for k in feature_cache.BATCH_NDIM}, max_frames=W, feature_cache=True)
+  assert np.abs(np.asarray(again) - outs[1]).max() > 1e-3
 
 
 def _config(data_dir, ckpt, **overrides):

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dualtalk_jax import audio
 from dualtalk_jax.eval import metrics as M
 from dualtalk_jax.eval import reference as R
 
@@ -124,10 +125,9 @@ def test_sid_real_demo_motion():
 
 
 def test_short_clip_and_helpers():
-  assert M.bucket_length(30) == 32 and M.bucket_length(100) == 128
-  assert M.bucket_length(1000) == 1024 and M.bucket_length(100, multiple=64) == 128
+  assert [audio.bucket_frames(n, 25) for n in (0, 1, 25, 26, 1000)] == [25, 25, 25, 50, 1000]
   p, n = M.pad_batch([np.ones((5, 56)), np.ones((3, 56))])
-  assert p.shape == (2, 32, 56) and list(n) == [5, 3] and p[1, 3:].sum() == 0
+  assert p.shape == (2, M.BUCKET_FRAMES, 56) and list(n) == [5, 3] and p[1, 3:].sum() == 0
   a, b, c = M.cut_to_common(np.zeros((10, 56)), np.zeros((8, 56)), np.zeros((9, 56)))
   assert len(a) == len(b) == len(c) == 8
   # diversity on a clip shorter than 100 frames: all frames paired once per list

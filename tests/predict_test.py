@@ -6,7 +6,7 @@ import pytest
 from dualtalk_jax import audio
 from dualtalk_jax.config import CONFIGS
 from dualtalk_jax.eval import predict as P
-from dualtalk_jax.models.dualtalk import predict
+from dualtalk_jax.eval.predict import predict
 from conftest import perturbed_model
 
 TINY = CONFIGS["tiny"]
@@ -35,7 +35,7 @@ def test_bucketed_batches_equal_clip_by_clip(model):
   # different lengths, partner audio and motion lengths off the target's, a float64-quirk length (4480)
   spec = [(16000, 25, None), (4480, 9, None), (9000, 20, 8700), (7001, 12, 7400)]
   clips = [make_clip(rng, s, n, o) for s, n, o in spec]
-  got = P.predict_clips(model, clips, batch_size=2, bucket_seconds=1.0)
+  got = P.predict_clips(model, clips, batch_size=2, bucket_frames=25)
   worst = 0.0
   for c, g in zip(clips, got):
     want = alone(model, c)
@@ -44,21 +44,23 @@ def test_bucketed_batches_equal_clip_by_clip(model):
   assert worst <= 1e-5, worst
 
 
-def test_batches_share_compiled_shapes(monkeypatch):
+def test_batches_share_compiled_shapes(model):
   """Clips in one bucket go through one padded shape, whatever their lengths."""
-  from dualtalk_jax.models import dualtalk
-
   calls = []
-  def fake(model, a, b, m, *, num_frames, max_frames, **kw):
-    calls.append((a.shape, b.shape, m.shape, max_frames))
-    return np.zeros((a.shape[0], max_frames, 56), np.float32)
-  monkeypatch.setattr(dualtalk, "predict", fake)
+  def fake(params, batch, max_frames):
+    calls.append((batch["audio_self"].shape, batch["audio_other"].shape, batch["motion_other"].shape, max_frames))
+    return np.zeros((batch["audio_self"].shape[0], max_frames, 56), np.float32)
+  predictor = P.Predictor.from_model(model)
+  predictor.step = fake
   rng = np.random.default_rng(4)
-  clips = [make_clip(rng, s, n) for s, n in ((8000, 10), (9000, 30), (12000, 5), (15999, 26), (30000, 47))]
-  out = P.predict_clips(None, clips, batch_size=4, bucket_seconds=1.0)
+  spec = ((8000, 10), (9000, 30), (12000, 5), (15999, 26), (30000, 47), (40000, 62))
+  clips = [make_clip(rng, s, n) for s, n in spec]
+  out = P.predict_clips(predictor, clips, batch_size=4, bucket_frames=25)
   assert [len(o) for o in out] == [audio.num_frames(len(c.audio_self)) for c in clips]
-  # four clips in the 1-s bucket (16000 samples, motion padded to 25-frame multiples), one in 32000
-  assert calls == [((4, 16000), (4, 16000), (4, 50, 56), 25), ((4, 32000), (4, 32000), (4, 50, 56), 50)]
+  # every input padded to its bucket (the motion of 30 frames and 26 too): two clips in 25 frames,
+  # three in 50, one in 75
+  assert calls == [((4, 16000), (4, 16000), (4, 25, 56), 25), ((4, 32000), (4, 32000), (4, 50, 56), 50),
+                   ((4, 48000), (4, 48000), (4, 75, 56), 75)]
 
 
 def test_window_plan_covers_clip_and_weights_sum_to_one():

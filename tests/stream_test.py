@@ -12,7 +12,7 @@ import pytest
 from dualtalk_jax import audio, checkpoint, params as params_lib
 from dualtalk_jax.eval import predict as P
 from dualtalk_jax.eval import stream as S
-from dualtalk_jax.models.dualtalk import predict
+from dualtalk_jax.eval.predict import predict
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 HOP = audio.SAMPLES_PER_FRAME
@@ -107,11 +107,13 @@ def test_window_geometry(model):
   s = S.StreamingPredictor(model, cfg)
   calls = []
 
-  def fake(params, a, b, m, a_len, b_len, m_len, nf, *, max_frames):
-    calls.append((a.shape, b.shape, m.shape, int(a_len[0]), int(b_len[0]), int(m_len[0]), int(nf[0]), max_frames))
+  def fake(params, x, max_frames):  # the one prediction step, on its batch
+    calls.append((x["audio_self"].shape, x["audio_other"].shape, x["motion_other"].shape,
+                  *(int(x[k][0]) for k in ("audio_self_lengths", "audio_other_lengths", "motion_other_lengths",
+                                           "num_frames")), max_frames))
     return np.zeros((1, max_frames, 56), np.float32)
 
-  s._fn = fake
+  s._predictor.step = fake
   n = 8 * 16000 + 100
   a, b, m = make_inputs(10, n)
   t_total = audio.num_frames(n)
@@ -132,11 +134,11 @@ def test_crossfade_is_smooth_at_seams(streamer, monkeypatch):
   w = CFG.window_frames
   steps = []
 
-  def fake(params, a, b, m, *lens, max_frames):
+  def fake(params, batch, max_frames):
     steps.append(len(steps))
     return np.full((1, w, 56), float(len(steps)), np.float32)
 
-  monkeypatch.setattr(streamer, "_fn", fake)
+  monkeypatch.setattr(streamer._predictor, "step", fake)
   a, b, m = make_inputs(4, 3 * 16000)
   out = S.run_stream(streamer, S.file_chunks(a, b, m, 640)).prediction[:, 0]
   jumps = np.diff(out)

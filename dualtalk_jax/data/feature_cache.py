@@ -13,7 +13,17 @@ each the encoder's last hidden state resampled to W frames (`JointEncoder.encode
 with num_frames = max_frames = W and the full window as input length), (W, hidden)
 float32. When both encoders' weights are identical (the usual case: both loaded from one
 pretrained wav2vec2) one array per speaker is stored and the manifest says `shared`.
-The on-disk layout (sibling `features-*` shards, record keys) is in records.py.
+
+Layout on disk: sibling shards `features-<i>-of-<n>.array_record`, parallel to the
+clip shards (feature shard i holds the clips of shard i, in the same order, so feature
+record r belongs to clip record r). Same record encoding; keys `motion_1`, `motion_2`
+(copied from the clip, so a feature-cache pipeline reads no audio record at all) and,
+per speaker s, float32 (n_windows, W, hidden) arrays: `feat_s` when the two encoders
+share their weights, else `feat1_s` (audio_encoder1) and `feat2_s` (audio_encoder2).
+Clips with no training window get (0, W, hidden) arrays. The manifest's `feature_cache`
+(null without a cache) records the weights (source, fingerprints, wav2vec2 config), the
+window, dtype, whether the encoders are shared, and the feature shards. The cache adds
+files and a manifest entry only; the clip shards and PREPROCESS_VERSION do not change.
 
 Weights (`preprocess(cache_wav2vec2=...)`, `experiments.preprocess --cache_wav2vec2`):
 a dualtalk-jax checkpoint directory or training workdir (its latest step; both encoders
@@ -38,6 +48,11 @@ clip shard's fingerprint, the weights' fingerprint and the cache format, so a re
 the same weights rebuilds nothing and other weights rebuild every feature shard. A
 preprocessing run without `cache_wav2vec2` keeps a cache that is still valid for the
 (possibly rebuilt) clip shards and drops it from the manifest otherwise.
+
+Use: `data.feature_cache` (the switch; it implies `optim.freeze_wav2vec2`) makes the
+training pipeline read the feature shards (`train_source`: batches with `BATCH_NDIM`'s
+keys, no audio) and the train step run `DualTalk.from_features` on them
+(`train.step.forward`). Validation and prediction always run on audio.
 
 Precision: the cache is computed in float32 (default matmul precision of the device it is
 built on). A float32 run on cached features matches the frozen-audio run to float
@@ -66,6 +81,72 @@ TRAINING_ONLY_FIELDS = ("hidden_dropout", "attention_dropout", "activation_dropo
 UNUSED_PARAMS = (("masked_spec_embed",),)
 ENCODERS = ("audio_encoder1", "audio_encoder2")
 DTYPE = "float32"
+# Bumped whenever the cache's content or layout changes (rebuilds the cache only).
+VERSION = "1"
+PREFIX = "features-"
+# A training batch with cached features: its keys and their ranks.
+BATCH_NDIM = {"features_self": 3, "features_other": 3, "motion_other": 3, "motion_self": 3,
+              "motion_other_lengths": 1, "num_frames": 1}
+
+
+def shard_name(index: int, count: int) -> str:
+  return f"{PREFIX}{index:05d}-of-{count:05d}.array_record"
+
+
+def record_keys(shared: bool, target: int) -> tuple[str, str]:
+  """Feature record keys (self, other) when speaker `target` (1 or 2) is the target."""
+  s, o = (1, 2) if target == 1 else (2, 1)
+  return (f"feat_{s}", f"feat_{o}") if shared else (f"feat1_{s}", f"feat2_{o}")
+
+
+def cache_entry(data_dir: str, manifest: dict[str, Any], window_frames: int | None = None) -> dict[str, Any]:
+  """The manifest's `feature_cache`, checked: present, this code's format, the window
+  `window_frames` (if given), and every feature shard present, whole and parallel to
+  its clip shard."""
+  path = os.path.join(data_dir, records.MANIFEST)
+  cache = manifest.get("feature_cache")
+  if not cache:
+    raise records.DataError(f"{data_dir}: no wav2vec2 feature cache (the manifest's feature_cache is null); build it "
+                            "with `python -m experiments.preprocess ... --cache_wav2vec2=<checkpoint or HF wav2vec2 dir>`")
+  if cache.get("version") != VERSION:
+    raise records.DataError(f"{path}: feature cache version {cache.get('version')!r}, this code reads {VERSION!r}; "
+                            "re-run preprocessing with --cache_wav2vec2")
+  if window_frames is not None and int(cache["window_frames"]) != int(window_frames):
+    raise records.DataError(f"{path}: the feature cache holds windows of {cache['window_frames']} frames, training "
+                            f"uses {window_frames}; re-run preprocessing with --window_frames={window_frames} "
+                            "--cache_wav2vec2")
+  if [(s["clip_shard"], s["num_records"]) for s in cache["shards"]] != [
+      (s["file"], s["num_records"]) for s in manifest["shards"]]:
+    raise records.DataError(f"{path}: the feature shards do not match the clip shards; re-run preprocessing")
+  records.check_files(data_dir, cache["shards"], "feature shard")
+  return cache
+
+
+def reader(data_dir: str, manifest: dict[str, Any]):
+  """A `pipeline.ClipReader` over the feature shards (feature record r belongs to clip record r)."""
+  from dualtalk_jax.data import pipeline
+
+  return pipeline.ClipReader(data_dir, manifest, [os.path.join(data_dir, s["file"])
+                                                  for s in manifest["feature_cache"]["shards"]])
+
+
+class WindowFeatures:
+  """The model inputs of one training window from its feature record (the audio pipeline
+  slices audio there): `features_self`, `features_other`, each (W, hidden)."""
+
+  def __init__(self, shared: bool):
+    self.shared = shared
+
+  def __call__(self, record: dict[str, Any], window: int, target: int) -> dict[str, np.ndarray]:
+    k_s, k_o = record_keys(self.shared, target)
+    return {"features_self": record[k_s][window], "features_other": record[k_o][window]}
+
+
+def train_source(data_dir: str, manifest: dict[str, Any], window_frames: int):
+  """(reader, window inputs) of `pipeline.make_train_dataset(feature_cache=True)`: the
+  cache is checked for `window_frames` first (`cache_entry`)."""
+  cache = cache_entry(data_dir, manifest, window_frames)
+  return reader(data_dir, manifest), WindowFeatures(bool(cache["shared"]))
 
 
 def eval_config(config) -> dict[str, Any]:
@@ -206,7 +287,7 @@ def make_encode_fn(config, window_frames: int):
 
 
 def shard_fingerprint(clip_shard_fingerprint: str, weights_fingerprint: str, shared: bool) -> str:
-  return hashlib.sha256(json.dumps([records.FEATURE_CACHE_VERSION, clip_shard_fingerprint, weights_fingerprint,
+  return hashlib.sha256(json.dumps([VERSION, clip_shard_fingerprint, weights_fingerprint,
                                     bool(shared), DTYPE]).encode()).hexdigest()
 
 
@@ -282,13 +363,13 @@ def build(output_dir: str, plan, done: Mapping[str, dict], source: str, window_f
     side = done[fname]
     if not side["num_records"]:
       continue
-    ffile = records.feature_shard_name(i, len(plan))
+    ffile = shard_name(i, len(plan))
     keep |= {ffile, ffile + ".json"}
     sfp = shard_fingerprint(fp, weights.fingerprint, weights.shared)
     if _sidecar_ok(output_dir, ffile, sfp, side["num_records"]) is None:
       todo.append((fname, ffile, sfp, side))
   for name in os.listdir(output_dir):  # feature shards of another shard layout
-    if name.startswith(records.FEATURE_PREFIX) and name not in keep:
+    if name.startswith(PREFIX) and name not in keep:
       os.remove(os.path.join(output_dir, name))
 
   if todo:
@@ -351,12 +432,12 @@ def _entry(output_dir, plan, done, source, kind, step, fingerprint, fingerprints
   shards = []
   for i, (fname, _, _) in enumerate(plan):
     if done[fname]["num_records"]:
-      ffile = records.feature_shard_name(i, len(plan))
+      ffile = shard_name(i, len(plan))
       with open(os.path.join(output_dir, ffile + ".json")) as f:
         side = json.load(f)
       shards.append({"file": ffile, "clip_shard": fname, "num_records": side["num_records"], "bytes": side["bytes"]})
   return {
-      "version": records.FEATURE_CACHE_VERSION,
+      "version": VERSION,
       "source": source,
       "source_kind": kind,
       "source_step": step,
@@ -379,11 +460,11 @@ def carry_over(output_dir: str, plan, done: Mapping[str, dict]) -> dict[str, Any
       old = json.load(f).get("feature_cache")
   except (OSError, json.JSONDecodeError, AttributeError):
     return None
-  if not old or old.get("version") != records.FEATURE_CACHE_VERSION:
+  if not old or old.get("version") != VERSION:
     return None
   for i, (fname, _, fp) in enumerate(plan):
     n = done[fname]["num_records"]
-    if n and _sidecar_ok(output_dir, records.feature_shard_name(i, len(plan)),
+    if n and _sidecar_ok(output_dir, shard_name(i, len(plan)),
                          shard_fingerprint(fp, old["fingerprint"], old["shared"]), n) is None:
       return None
   return _entry(output_dir, plan, done, old["source"], old["source_kind"], old["source_step"], old["fingerprint"],
@@ -401,7 +482,7 @@ def check_run_weights(data_dir: str, params: Mapping, config, window_frames: int
   """Refuses (`records.DataError`) a data dir without a cache, or whose cache was made with
   other encoder weights or another window than the run's. Returns the cache entry."""
   manifest = records.load_manifest(data_dir)
-  cache = records.feature_cache_entry(data_dir, manifest, window_frames)
+  cache = cache_entry(data_dir, manifest, window_frames)
   fp, _ = run_fingerprints(params, config)
   if fp != cache["fingerprint"]:
     mine = eval_config(config)

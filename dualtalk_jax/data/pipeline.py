@@ -35,32 +35,32 @@ Batch keys (training, all `B = batch_size` rows, numpy):
   motion_other                (B, W, 56) float32
   audio_self_lengths, audio_other_lengths, motion_other_lengths, num_frames   (B,) int32
   clip_id (record index), window, target (1 or 2: which speaker is the target)   (B,) int32
-With `feature_cache=True` (data preprocessed with `--cache_wav2vec2`, feature_cache.py)
-the blocks are read from the feature shards (features and motion, no audio) and the
-batches hold, instead of the audio and its lengths,
+With `feature_cache=True` (data preprocessed with `--cache_wav2vec2`; everything about
+the cache is in feature_cache.py) the blocks are read from the feature shards (features
+and motion, no audio) and the batches hold, instead of the audio and its lengths,
   features_self               (B, W, H) float32, audio_encoder1 on the target's window
   features_other              (B, W, H) float32, audio_encoder2 on the partner's window
 (H = the cache's wav2vec2 hidden size); the other keys, the window order and the
 iterator state are exactly those of the audio pipeline with the same arguments.
 Evaluation (`make_eval_dataset`) yields whole clips in a fixed order (manifest order,
-target speaker 1 then 2), padded to a multiple of `bucket_frames`, with the true
-lengths in the length keys (`num_frames` = ground-truth frames of motion_self; the
-model's own T comes from `audio.num_frames(audio_self_lengths)`) and `valid` (B,) int32
-(0 for padding rows: the last batch, and the rows that give every process the same
-number of batches).
+target speaker 1 then 2), padded by `pad_batch` (the bucketing prediction uses too) to a
+multiple of `bucket_frames`, with the true lengths in the length keys (`num_frames` =
+the model's output frames, `audio.num_frames(audio_self_lengths)`; `motion_self_lengths`
+= ground-truth frames) and `valid` (B,) int32 (0 for padding rows: the last batch, and
+the rows that give every process the same number of batches).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Sequence
 
 import grain
 import numpy as np
 
+from dualtalk_jax import audio, hostmem
 from dualtalk_jax.data import records
-from dualtalk_jax import hostmem
-from dualtalk_jax.audio import SAMPLES_PER_FRAME
 
 
 def _process(process_index, process_count):
@@ -91,11 +91,11 @@ def balance(weights: Sequence[int], parts: int) -> list[list[int]]:
 class ClipReader:
   """Random access to decoded clips by record index. Picklable; opens files lazily.
 
-  `features=True` reads the feature cache's records (same indices) instead."""
+  `paths`: shards parallel to the clip shards to read instead (the feature cache's,
+  `feature_cache.reader`)."""
 
-  def __init__(self, data_dir: str, manifest: dict[str, Any], features: bool = False):
-    self._paths = (records.feature_shard_paths(data_dir, manifest) if features
-                   else records.shard_paths(data_dir, manifest))
+  def __init__(self, data_dir: str, manifest: dict[str, Any], paths: list[str] | None = None):
+    self._paths = records.shard_paths(data_dir, manifest) if paths is None else paths
     self._source = None
 
   def __getstate__(self):
@@ -142,43 +142,41 @@ def _pair(clip, target):
   return clip[f"audio_{s}"], clip[f"audio_{o}"], clip[f"motion_{s}"], clip[f"motion_{o}"]
 
 
-class _Windows(grain.experimental.FlatMapTransform):
-  """_Block -> its samples, in the block's (shuffled) order.
+class _WindowAudio:
+  """The model inputs of one training window from its clip record: both tracks' audio."""
 
-  `shared` None: audio windows from clip records; True/False: cached features from
-  feature records (one array per speaker, or one per encoder and speaker)."""
+  def __init__(self, window_frames):
+    self.n = window_frames * audio.SAMPLES_PER_FRAME
+
+  def __call__(self, record, window, target):
+    a_s, a_o, _, _ = _pair(record, target - 1)
+    a0, n = window * self.n, np.int32(self.n)
+    return {"audio_self": a_s[a0:a0 + self.n], "audio_other": a_o[a0:a0 + self.n], "audio_self_lengths": n,
+            "audio_other_lengths": n}
+
+
+class _Windows(grain.experimental.FlatMapTransform):
+  """_Block -> its samples, in the block's (shuffled) order. `inputs(record, window,
+  target)` gives a window's model inputs: audio (`_WindowAudio`) or cached features
+  (`feature_cache.WindowFeatures`)."""
 
   max_fan_out = 1 << 30
 
-  def __init__(self, window_frames, shared=None):
+  def __init__(self, window_frames, inputs):
     self.w = window_frames
-    self.shared = shared
+    self.inputs = inputs
 
   def flat_map(self, block):
     w, out = self.w, []
-    n_audio = np.int32(w * SAMPLES_PER_FRAME)
     n_frames = np.int32(w)
     for cid, win, d in block.items:
       clip = block.clips[cid]
+      s, o = (1, 2) if d == 0 else (2, 1)
       f0 = win * w
-      if self.shared is None:
-        a_s, a_o, m_s, m_o = _pair(clip, d)
-        lo, hi = f0 * SAMPLES_PER_FRAME, (f0 + w) * SAMPLES_PER_FRAME
-        inputs = {"audio_self": a_s[lo:hi], "audio_other": a_o[lo:hi]}
-      else:
-        s, o = (1, 2) if d == 0 else (2, 1)
-        m_s, m_o = clip[f"motion_{s}"], clip[f"motion_{o}"]
-        k_s, k_o = records.feature_keys(self.shared, d + 1)
-        inputs = {"features_self": clip[k_s][win], "features_other": clip[k_o][win]}
-      sample = {
-          **inputs,
-          "motion_self": m_s[f0:f0 + w],
-          "motion_other": m_o[f0:f0 + w],
-      }
-      if self.shared is None:
-        sample["audio_self_lengths"] = n_audio
-        sample["audio_other_lengths"] = n_audio
+      sample = self.inputs(clip, win, d + 1)
       sample.update({
+          "motion_self": clip[f"motion_{s}"][f0:f0 + w],
+          "motion_other": clip[f"motion_{o}"][f0:f0 + w],
           "motion_other_lengths": n_frames,
           "num_frames": n_frames,
           "clip_id": np.int32(cid),
@@ -234,16 +232,18 @@ def make_train_dataset(data_dir: str, *, window_frames: int = 200, batch_size: i
   pi, pc = _process(process_index, process_count)
   manifest = records.load_manifest(data_dir)
   clip_ids, windows = train_clips(manifest, window_frames, pi, pc)
-  shared = None
   if feature_cache:
-    shared = bool(records.feature_cache_entry(data_dir, manifest, window_frames)["shared"])
-  loader = _LoadBlock(ClipReader(data_dir, manifest, features=feature_cache), clip_ids, windows,
-                      clips_per_block, seed, shuffle)
+    from dualtalk_jax.data import feature_cache as cache
+
+    reader, inputs = cache.train_source(data_dir, manifest, window_frames)
+  else:
+    reader, inputs = ClipReader(data_dir, manifest), _WindowAudio(window_frames)
+  loader = _LoadBlock(reader, clip_ids, windows, clips_per_block, seed, shuffle)
   ds = grain.MapDataset.range(loader.blocks_per_epoch).repeat(num_epochs)
   ds = ds.map_with_index(loader)
   # One reader thread, a block or two ahead: blocks are large (clips_per_block clips).
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=read_threads))
-  ds = grain.experimental.FlatMapIterDataset(ds, _Windows(window_frames, shared))
+  ds = grain.experimental.FlatMapIterDataset(ds, _Windows(window_frames, inputs))
   ds = ds.batch(batch_size, drop_remainder=True)
   if worker_count > 0:
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count,
@@ -276,40 +276,45 @@ class _LoadWhole:
     clip = self.reader(cid)
     a_s, a_o, m_s, m_o = _pair(clip, target)
     return {"audio_self": a_s, "audio_other": a_o, "motion_self": m_s, "motion_other": m_o,
-            "clip_id": cid, "target": target + 1}
+            "num_frames": audio.num_frames(a_s.size), "clip_id": cid, "target": target + 1}
 
 
-class _PadBatch:
-  """Pads whole clips to a shared bucketed length and a full batch; keeps true lengths."""
+def sample_frames(sample: dict[str, Any]) -> int:
+  """Frames one sample needs in a padded batch: its output frames and every input's length."""
+  lengths = [sample["num_frames"], -(-len(sample["audio_self"]) // audio.SAMPLES_PER_FRAME), -(-len(sample["audio_other"]) // audio.SAMPLES_PER_FRAME)]
+  return max(lengths + [len(sample[k]) for k in ("motion_self", "motion_other") if sample.get(k) is not None])
 
-  def __init__(self, batch_size, bucket_frames):
-    self.b, self.bucket = batch_size, bucket_frames
 
-  def __call__(self, samples):
-    real = [s for s in samples if s is not None]
-    t_max = max([s["motion_self"].shape[0] for s in real] + [1])
-    a_max = max([max(s["audio_self"].size, s["audio_other"].size) for s in real] + [1])
-    t_pad = -(-max(t_max, -(-a_max // SAMPLES_PER_FRAME)) // self.bucket) * self.bucket
-    b = self.b
-    out = {"audio_self": np.zeros((b, t_pad * SAMPLES_PER_FRAME), np.float32),
-           "audio_other": np.zeros((b, t_pad * SAMPLES_PER_FRAME), np.float32),
-           "motion_self": np.zeros((b, t_pad, 56), np.float32),
-           "motion_other": np.zeros((b, t_pad, 56), np.float32)}
-    for k in ("audio_self_lengths", "audio_other_lengths", "motion_other_lengths",
-              "num_frames", "clip_id", "target", "valid"):
-      out[k] = np.zeros((b,), np.int32)
-    out["clip_id"][:] = -1
-    for i, s in enumerate(samples):
-      if s is None:
-        continue
-      for k in ("audio_self", "audio_other", "motion_self", "motion_other"):
-        out[k][i, :s[k].shape[0]] = s[k]
-      out["audio_self_lengths"][i] = s["audio_self"].size
-      out["audio_other_lengths"][i] = s["audio_other"].size
-      out["motion_other_lengths"][i] = s["motion_other"].shape[0]
-      out["num_frames"][i] = s["motion_self"].shape[0]
-      out["clip_id"][i], out["target"][i], out["valid"][i] = s["clip_id"], s["target"], 1
-    return out
+def pad_batch(samples: Sequence[dict[str, Any] | None], batch_size: int, bucket_frames: int) -> dict[str, np.ndarray]:
+  """Whole clips -> one padded batch of `batch_size` rows: the one bucketing of prediction and validation.
+
+  A sample holds `audio_self`, `audio_other`, `motion_other` (None: absent) and
+  `num_frames` (the model's output frames), optionally `motion_self`, `clip_id`, `target`;
+  None is a padding row. Time is padded to T = `audio.bucket_frames` of the longest
+  sample (`sample_frames`) and audio to T * 640 samples; the true lengths are kept
+  (`*_lengths`, `num_frames`), and `valid` is 0 on padding rows.
+  """
+  if len(samples) > batch_size:
+    raise ValueError(f"{len(samples)} samples for a batch of {batch_size}")
+  t = audio.bucket_frames(max([sample_frames(s) for s in samples if s is not None] + [1]), bucket_frames)
+  out = {k: np.zeros((batch_size, t * audio.SAMPLES_PER_FRAME), np.float32) for k in ("audio_self", "audio_other")}
+  out.update({k: np.zeros((batch_size, t, audio.MOTION_DIM), np.float32) for k in ("motion_self", "motion_other")})
+  for k in ("self", "other"):
+    out[f"audio_{k}_lengths"] = np.zeros((batch_size,), np.int32)
+    out[f"motion_{k}_lengths"] = np.zeros((batch_size,), np.int32)
+  for k in ("num_frames", "target", "valid"):
+    out[k] = np.zeros((batch_size,), np.int32)
+  out["clip_id"] = np.full((batch_size,), -1, np.int32)
+  for i, s in enumerate(samples):
+    if s is None:
+      continue
+    for k in ("audio_self", "audio_other", "motion_self", "motion_other"):
+      if s.get(k) is not None:
+        out[k][i, :len(s[k])] = s[k]
+        out[f"{k}_lengths"][i] = len(s[k])
+    out["num_frames"][i], out["valid"][i] = s["num_frames"], 1
+    out["clip_id"][i], out["target"][i] = s.get("clip_id", -1), s.get("target", 0)
+  return out
 
 
 def make_eval_dataset(data_dir: str, *, batch_size: int = 8, bucket_frames: int = 250,
@@ -332,4 +337,4 @@ def make_eval_dataset(data_dir: str, *, batch_size: int = 8, bucket_frames: int 
   mine = items[pi::pc]
   mine += [(-1, 0)] * (per_process - len(mine))
   ds = grain.MapDataset.source(mine).map(_LoadWhole(ClipReader(data_dir, manifest)))
-  return ds.batch(batch_size, batch_fn=_PadBatch(batch_size, bucket_frames))
+  return ds.batch(batch_size, batch_fn=functools.partial(pad_batch, batch_size=batch_size, bucket_frames=bucket_frames))

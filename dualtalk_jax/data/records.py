@@ -17,17 +17,8 @@ zero-copy (`np.frombuffer`), so it round-trips exactly and costs no extra copy o
 audio. Keys: `audio_1`, `audio_2` (normalised float32 16 kHz), `motion_1`, `motion_2`
 (float32 (T, 56)), all speakers cut to the same T frames (see preprocess.py).
 
-Feature cache (optional, `preprocess(cache_wav2vec2=...)`, content and fingerprints in
-feature_cache.py): sibling shards `features-<i>-of-<n>.array_record`, parallel to the
-clip shards (feature shard i holds the clips of shard i, in the same order, so feature
-record r belongs to clip record r). Same record encoding; keys `motion_1`, `motion_2`
-(copied from the clip, so a feature-cache pipeline reads no audio record at all) and,
-per speaker s, float32 (n_windows, W, hidden) arrays: `feat_s` when the two encoders
-share their weights, else `feat1_s` (audio_encoder1) and `feat2_s` (audio_encoder2).
-Clips with no training window get (0, W, hidden) arrays. The manifest's `feature_cache`
-(null without a cache) records the weights (source, fingerprints, wav2vec2 config), the
-window, dtype, whether the encoders are shared, and the feature shards. The cache adds
-files and a manifest entry only; the clip shards and PREPROCESS_VERSION do not change.
+The optional wav2vec2 feature cache adds sibling `features-*` shards (same record
+encoding) and the manifest's `feature_cache` entry: its layout is in feature_cache.py.
 """
 
 from __future__ import annotations
@@ -48,9 +39,6 @@ _ALIGN = 64
 PREPROCESS_VERSION = "1"
 MANIFEST = "manifest.json"
 RECORD_KEYS = ("audio_1", "audio_2", "motion_1", "motion_2")
-# Bumped whenever the feature cache's content or layout changes (rebuilds the cache only).
-FEATURE_CACHE_VERSION = "1"
-FEATURE_PREFIX = "features-"
 
 
 class DataError(ValueError):
@@ -59,16 +47,6 @@ class DataError(ValueError):
 
 def shard_name(index: int, count: int) -> str:
   return f"shard-{index:05d}-of-{count:05d}.array_record"
-
-
-def feature_shard_name(index: int, count: int) -> str:
-  return f"{FEATURE_PREFIX}{index:05d}-of-{count:05d}.array_record"
-
-
-def feature_keys(shared: bool, target: int) -> tuple[str, str]:
-  """Feature record keys (self, other) when speaker `target` (1 or 2) is the target."""
-  s, o = (1, 2) if target == 1 else (2, 1)
-  return (f"feat_{s}", f"feat_{o}") if shared else (f"feat1_{s}", f"feat2_{o}")
 
 
 def usable_frames(frames: int, audio_samples) -> int:
@@ -163,11 +141,11 @@ def load_manifest(data_dir: str) -> dict[str, Any]:
   if v != PREPROCESS_VERSION:
     raise DataError(f"{path}: preprocessing version {v!r}, this code reads "
                     f"{PREPROCESS_VERSION!r}; re-run preprocessing")
-  _check_files(data_dir, m["shards"], "shard")
+  check_files(data_dir, m["shards"], "shard")
   return m
 
 
-def _check_files(data_dir: str, shards: list[dict[str, Any]], what: str) -> None:
+def check_files(data_dir: str, shards: list[dict[str, Any]], what: str) -> None:
   """Every listed file is present and has the size the manifest records."""
   for s in shards:
     p = os.path.join(data_dir, s["file"])
@@ -179,32 +157,6 @@ def _check_files(data_dir: str, shards: list[dict[str, Any]], what: str) -> None
 
 def shard_paths(data_dir: str, manifest: dict[str, Any]) -> list[str]:
   return [os.path.join(data_dir, s["file"]) for s in manifest["shards"]]
-
-
-def feature_cache_entry(data_dir: str, manifest: dict[str, Any], window_frames: int | None = None) -> dict[str, Any]:
-  """The manifest's `feature_cache`, checked: present, this code's format, the window
-  `window_frames` (if given), and every feature shard present, whole and parallel to
-  its clip shard."""
-  path = os.path.join(data_dir, MANIFEST)
-  cache = manifest.get("feature_cache")
-  if not cache:
-    raise DataError(f"{data_dir}: no wav2vec2 feature cache (the manifest's feature_cache is null); build it with "
-                    "`python -m experiments.preprocess ... --cache_wav2vec2=<checkpoint or HF wav2vec2 dir>`")
-  if cache.get("version") != FEATURE_CACHE_VERSION:
-    raise DataError(f"{path}: feature cache version {cache.get('version')!r}, this code reads "
-                    f"{FEATURE_CACHE_VERSION!r}; re-run preprocessing with --cache_wav2vec2")
-  if window_frames is not None and int(cache["window_frames"]) != int(window_frames):
-    raise DataError(f"{path}: the feature cache holds windows of {cache['window_frames']} frames, training uses "
-                    f"{window_frames}; re-run preprocessing with --window_frames={window_frames} --cache_wav2vec2")
-  if [(s["clip_shard"], s["num_records"]) for s in cache["shards"]] != [
-      (s["file"], s["num_records"]) for s in manifest["shards"]]:
-    raise DataError(f"{path}: the feature shards do not match the clip shards; re-run preprocessing")
-  _check_files(data_dir, cache["shards"], "feature shard")
-  return cache
-
-
-def feature_shard_paths(data_dir: str, manifest: dict[str, Any]) -> list[str]:
-  return [os.path.join(data_dir, s["file"]) for s in manifest["feature_cache"]["shards"]]
 
 
 def open_records(data_dir: str, manifest: dict[str, Any] | None = None):

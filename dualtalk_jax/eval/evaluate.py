@@ -12,8 +12,8 @@ speaker's npz as the partner, all three cut to their common length (metrics.md).
   (means over files) and per-file values; `write_results` writes the JSON and a CSV
   beside it, atomically.
 - `evaluate_batches`: the same metrics (and the released loss) over preprocessed eval
-  batches (`pipeline.make_eval_dataset`) and a jitted predict function: what training's
-  `validate` reports. The model's T comes from each row's audio length, as above.
+  batches (`pipeline.make_eval_dataset`) and the predictor: what training's `validate`
+  reports. The model's T comes from each row's audio length, as above.
 
 All metric kernels are the jitted ones of `dualtalk_jax.eval.metrics`.
 """
@@ -71,9 +71,10 @@ def save_npy(path: str, array: np.ndarray) -> None:
   atomic_write(path, write)
 
 
-def predict_split(model, data_dir: str, pred_dir: str, *, batch_size: int = 8, bucket_seconds: float = 2.0,
+def predict_split(model, data_dir: str, pred_dir: str, *, batch_size: int = 8, bucket_frames: int = 50,
                   chunk_clips: int = 64, progress: bool = False, channel: int | None = None) -> list[str]:
-  """Predicts every clip of `data_dir` in both directions into `pred_dir`; returns the paths.
+  """Predicts every clip of `data_dir` in both directions into `pred_dir` with `model` (a
+  `DualTalk` or a `predict.Predictor`, e.g. on a mesh); returns the paths.
 
   Each direction needs the target's wav and the partner's wav and npz; a missing one is
   an error naming it (checked for the whole split before any prediction).
@@ -91,7 +92,7 @@ def predict_split(model, data_dir: str, pred_dir: str, *, batch_size: int = 8, b
     part = jobs[i:i + chunk_clips]
     inputs = [load_inputs(_path(data_dir, c, k, "wav"), _path(data_dir, c, 3 - k, "wav"),
                           _path(data_dir, c, 3 - k, "npz"), name=pred_name(c, k), channel=channel) for c, k in part]
-    for clip, pred in zip(inputs, predict_clips(model, inputs, batch_size=batch_size, bucket_seconds=bucket_seconds)):
+    for clip, pred in zip(inputs, predict_clips(model, inputs, batch_size=batch_size, bucket_frames=bucket_frames)):
       path = os.path.join(pred_dir, clip.name)
       save_npy(path, pred.astype(np.float32))
       written.append(path)
@@ -255,22 +256,16 @@ def read_results(output: str) -> dict[str, float]:
 
 # ----------------------------------------------------------------------------- in training
 
-def model_frames(batch: dict) -> np.ndarray:
-  """Each row's model output frames, from its audio length (float64 formula), within the padding."""
-  t = audio.num_frames_array(batch["audio_self_lengths"])
-  return np.minimum(t, batch["motion_self"].shape[1]).astype(np.int32)
-
-
 def evaluate_batches(predict_fn: Callable[[dict], Any], batches: Iterable[dict], *, seed: int = 0,
                      scores: bool = True, prefix: str = "val_") -> dict[str, float]:
   """Released loss and paper metrics over eval batches (`pipeline.make_eval_dataset` layout).
 
-  `predict_fn(batch)` -> (B, Tpad, 56) predictions; the batch's `num_frames` is set to the
-  model's own T per row before the call. Rows with `valid == 0` are skipped. The loss is
-  frame-weighted over min(T_pred, T_gt) per row, as `validate` always reported it;
-  metrics are means over files. Across processes (multi-host) the sums are combined, so
-  every process returns the same numbers. Returns `{prefix}loss`, `{prefix}loss_<part>`
-  and, with `scores`, `{prefix}<released key>`.
+  `predict_fn(batch)` -> (B, Tpad, 56) predictions (a `predict.Predictor`), each row's
+  first `num_frames` (the model's own T) used. Rows with `valid == 0` are skipped. The
+  loss is frame-weighted over min(T, ground-truth frames) per row, as `validate` always
+  reported it; metrics are means over files. Across processes (multi-host) the sums are
+  combined, so every process returns the same numbers. Returns `{prefix}loss`,
+  `{prefix}loss_<part>` and, with `scores`, `{prefix}<released key>`.
   """
   from dualtalk_jax.train.loss import dualtalk_loss
 
@@ -278,13 +273,11 @@ def evaluate_batches(predict_fn: Callable[[dict], Any], batches: Iterable[dict],
   weight = 0.0
   triples = []
   for batch in batches:
-    batch = dict(batch)
-    gt_frames = np.asarray(batch["num_frames"])
-    batch["num_frames"] = model_frames(batch)
     pred = np.asarray(predict_fn(batch))
     for i in np.flatnonzero(batch["valid"]):
-      n = int(min(batch["num_frames"][i], gt_frames[i]))
-      p, g = pred[i, :batch["num_frames"][i]], batch["motion_self"][i, :gt_frames[i]]
+      t, gt_frames = int(batch["num_frames"][i]), int(batch["motion_self_lengths"][i])
+      n = min(t, gt_frames)
+      p, g = pred[i, :t], batch["motion_self"][i, :gt_frames]
       _, parts = dualtalk_loss(p[None, :n], g[None, :n])
       for k, v in parts.items():
         totals[k] = totals.get(k, 0.0) + float(v) * n

@@ -8,7 +8,7 @@ same file alone (up to float rounding).
 
 Public API: `evaluate_files` (lists of variable-length arrays), `evaluate_roles` (the
 same over the speaking / listening frames of each file), `evaluate_arrays` (padded
-batches), `pad_batch`, `bucket_length`, `cut_to_common`, `score_batch` (the jitted kernel),
+batches), `pad_batch`, `cut_to_common`, `score_batch` (the jitted kernel),
 the single-file kernels (`frechet_distance`, `mse`, `sid`, `kmeans_fit`, `sts`, `rpcc`,
 `variance`, `diversity_from_pairs`, `diversity_pairs`) and `diversity_pair_indices`.
 
@@ -61,17 +61,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dualtalk_jax.audio import MOTION_GROUPS
+from dualtalk_jax import audio
 
 # (key name, first column, end column, k for SID) per motion group: the released keys call neck "pose".
 SID_K = {"exp": 40, "jaw": 10, "neck": 10}
-GROUPS = tuple(("pose" if g == "neck" else g, s.start, s.stop, SID_K[g]) for g, s in MOTION_GROUPS.items())
+GROUPS = tuple(("pose" if g == "neck" else g, s.start, s.stop, SID_K[g]) for g, s in audio.MOTION_GROUPS.items())
 NUM_DIVERSITY_PAIRS = 100
 STS_TIMESTEP = 0.1
 ROLES = ("speaking", "listening")
 MIN_ROLE_FRAMES = 25
 KMEANS_MAX_ITER = 300
 KMEANS_TOL = 1e-4
+# Files are padded to a multiple of this many frames (`audio.bucket_frames`, the bucketing of
+# prediction too): 100-1000-frame clips compile for four shapes.
+BUCKET_FRAMES = 250
 METRIC_KEYS = tuple(
     f"{m}_{g}" for m in ("fid", "p_fid", "mse", "sid", "sts", "diversity_pre",
                          "diversity_gt", "variance_pre", "variance_gt", "rpcc")
@@ -352,23 +355,13 @@ def diversity_pair_indices(lengths, tmax, *, seed=0, file_ids=None):
 
 # ----------------------------------------------------------------------------- host-side API
 
-def bucket_length(n, multiple=None, minimum=32):
-  """Padded length for a clip of n frames: the next power of two (>= minimum) by default, so a
-  split of 100-1000-frame clips compiles for only a few shapes; or the next multiple of
-  `multiple` (less padding, more shapes)."""
-  n = max(int(n), minimum)
-  if multiple:
-    return -(-n // multiple) * multiple
-  return 1 << (n - 1).bit_length()
-
-
-def pad_batch(arrays: Sequence[np.ndarray], tmax=None, multiple=None):
+def pad_batch(arrays: Sequence[np.ndarray], tmax=None, multiple=BUCKET_FRAMES):
   """Stack variable-length (T_i, D) arrays into zero-padded (F, Tmax, D) float32 and lengths.
 
-  Tmax defaults to `bucket_length` of the longest array.
+  Tmax defaults to `audio.bucket_frames(longest, multiple)`.
   """
   lengths = np.array([len(a) for a in arrays], np.int32)
-  tmax = bucket_length(lengths.max(), multiple) if tmax is None else tmax
+  tmax = audio.bucket_frames(lengths.max(), multiple) if tmax is None else tmax
   out = np.zeros((len(arrays), tmax, arrays[0].shape[1]), np.float32)
   for i, a in enumerate(arrays):
     out[i, :len(a)] = a
@@ -426,13 +419,13 @@ def evaluate_arrays(preds, gts, others, lengths, *, seed=0, file_ids=None, batch
   return _summarise(per_file)
 
 
-def evaluate_files(preds, gts, others, *, seed=0, multiple=None, batch_size=16):
+def evaluate_files(preds, gts, others, *, seed=0, multiple=BUCKET_FRAMES, batch_size=16):
   """Score lists of variable-length (T, 56) arrays: cut each triple to its common length,
-  group files by `bucket_length`, run `evaluate_arrays` per bucket, keep the input order."""
+  group files by `audio.bucket_frames`, run `evaluate_arrays` per bucket, keep the input order."""
   triples = [cut_to_common(np.asarray(p), np.asarray(g), np.asarray(o))
              for p, g, o in zip(preds, gts, others)]
   lens = np.array([len(t[0]) for t in triples])
-  buckets = np.array([bucket_length(n, multiple) for n in lens])
+  buckets = np.array([audio.bucket_frames(n, multiple) for n in lens])
   per_file = {k: np.zeros(len(triples)) for k in METRIC_KEYS}
   for b in np.unique(buckets):
     ids = np.nonzero(buckets == b)[0]

@@ -1,12 +1,15 @@
-"""Prediction for evaluation and inference: checkpoint loading, bucketed batches, windows.
+"""Prediction for evaluation and inference: checkpoint loading, the one predictor, bucketed batches, windows.
 
 - `load_model`: an orbax checkpoint directory, a training workdir (its latest step) or a
   released-layout torch file (`DualTalk.pth`, with a named config) -> `DualTalk` in eval mode.
-- `predict_clips`: many clips of different lengths in padded batches. Audio is padded to
-  a multiple of `bucket_seconds` (and motion to the same number of frames), the batch to
-  a fixed `batch_size`, so a whole split compiles once per bucket, not once per clip; each
-  row keeps its true lengths, and the model masks the padding, so a clip's prediction is
-  the one it gets alone.
+- `Predictor`: the one prediction function (the jitted, mesh-aware eval step of
+  `train.step`), shared by validation, evaluation, inference, streaming, the benchmarks
+  and AOT; `predict` runs it on arrays.
+- `predict_clips`: many clips of different lengths in padded batches (`pipeline.pad_batch`,
+  the bucketing validation uses): time padded to a multiple of `bucket_frames`, the batch
+  to a fixed `batch_size`, so a whole split compiles once per bucket, not once per clip;
+  each row keeps its true lengths, and the model masks the padding, so a clip's
+  prediction is the one it gets alone.
 - `predict_windowed`: one input of any length in overlapping windows of fixed size, so
   memory does not grow with the input (the heap is trimmed after each batch of windows,
   `hostmem.release_free_memory`). Window k covers frames [s_k, s_k + W) and samples
@@ -28,6 +31,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Sequence
 
@@ -37,7 +41,6 @@ from dualtalk_jax import audio, hostmem, params as params_lib
 from dualtalk_jax.files import InputError
 from dualtalk_jax.progress import Progress
 
-HOP = audio.SAMPLES_PER_FRAME
 
 
 @dataclasses.dataclass
@@ -53,6 +56,27 @@ class Clip:
   def num_frames(self) -> int:
     """Output frames, from the target's audio (float64 formula of the released code)."""
     return audio.num_frames(len(self.audio_self))
+
+  def sample(self, num_frames: int | None = None) -> dict:
+    """The clip as a `pipeline.pad_batch` sample; `num_frames` overrides its output frames."""
+    return {"audio_self": self.audio_self, "audio_other": self.audio_other, "motion_other": self.motion_other,
+            "num_frames": self.num_frames if num_frames is None else num_frames}
+
+
+def split_clips(data_dir: str) -> list[tuple[Clip, np.ndarray]]:
+  """Every clip of a preprocessed split in both directions, in manifest order: (the clip
+  named `<clip>_speakerK`, speaker K's true motion)."""
+  from dualtalk_jax.data import pipeline, records
+
+  manifest = records.load_manifest(data_dir)
+  reader = pipeline.ClipReader(data_dir, manifest)
+  out = []
+  for c in manifest["clips"]:
+    rec = reader(c["record_index"])
+    for me, other in ((1, 2), (2, 1)):
+      clip = Clip(rec[f"audio_{me}"], rec[f"audio_{other}"], rec[f"motion_{other}"], f"{c['name']}_speaker{me}")
+      out.append((clip, rec[f"motion_{me}"]))
+  return out
 
 
 def check_checkpoint_path(path: str) -> str:
@@ -130,8 +154,8 @@ def load_raw_track(path: str, channel: int | None = None) -> np.ndarray:
   """16 kHz mono samples of one file, not normalised (streaming normalises as it goes);
   errors name the file."""
   x = audio.load_audio(path, channel=channel)
-  if len(x) < HOP:
-    raise audio.AudioError(f"{path}: audio is {len(x)} samples, shorter than one frame ({HOP} samples at 16 kHz)",
+  if len(x) < audio.SAMPLES_PER_FRAME:
+    raise audio.AudioError(f"{path}: audio is {len(x)} samples, shorter than one frame ({audio.SAMPLES_PER_FRAME} samples at 16 kHz)",
                            "empty")
   return x
 
@@ -168,61 +192,167 @@ def load_motion(path: str) -> np.ndarray:
     raise InputError(f"{path}: {e}") from None
 
 
-def bucket(n: int, multiple: int) -> int:
-  return max(1, -(-int(n) // multiple)) * multiple
+class Predictor:
+  """The one prediction function: host rows of a padded batch -> their (rows, T, 56) predictions.
 
-
-def _pad_rows(rows: Sequence[np.ndarray], width: int, batch: int) -> np.ndarray:
-  out = np.zeros((batch, width) + rows[0].shape[1:], np.float32)
-  for i, r in enumerate(rows):
-    out[i, :len(r)] = r
-  return out
-
-
-def predict_padded(model, clips: Sequence[Clip], *, batch_size: int | None = None, bucket_seconds: float = 2.0,
-                   num_frames: Sequence[int] | None = None) -> list[np.ndarray]:
-  """One padded batch: audio to a multiple of `bucket_seconds`, rows to `batch_size`.
-
-  Padding rows repeat the first clip (their outputs are dropped). `num_frames` overrides
-  each clip's output length (windows). Returns each clip's (T_i, 56) prediction.
+  It runs the one jitted eval step (`train.step.make_eval_step`: eval mode, whatever
+  mode the model was in) that validation, `experiments.evaluate`, inference, streaming,
+  the benchmarks and AOT share. Without a mesh it is a plain jit on the default device.
+  On a mesh (one host or several), every host passes its own rows, the same number on
+  every host and a multiple of its devices (`rows`); the time axes are padded to the
+  longest of all hosts' batches and the global arrays built with `sharding.shard_batch`,
+  as in training; each host gets its own rows back.
   """
-  from dualtalk_jax.models.dualtalk import predict
 
-  b = batch_size or len(clips)
+  def __init__(self, model_def, params, *, mesh=None, eval_step=None):
+    """`model_def`: a `train.step.ModelDef`; `params` its params tree (host or device).
+    `eval_step` (already built for `mesh`, e.g. the training program's) is reused as is;
+    else one is built, and on a mesh the params are placed by the sharding rules."""
+    from dualtalk_jax import sharding
+    from dualtalk_jax.train import step
+
+    self.config = model_def.config
+    self.mesh = mesh
+    if eval_step is None:
+      shardings = None if mesh is None else sharding.tree_shardings(model_def.abstract_params, mesh)
+      eval_step = step.make_eval_step(model_def, mesh=mesh, param_shardings=shardings)
+      if mesh is not None:
+        import jax
+
+        params = jax.device_put(params, shardings)
+    self.step, self.params = eval_step, params
+
+  @classmethod
+  def from_model(cls, model, *, mesh=None) -> "Predictor":
+    """For a `DualTalk` module (its params now). Without a mesh the compiled step is shared by
+    every model of the same config."""
+    from dualtalk_jax import checkpoint
+
+    params = checkpoint.model_params(model)
+    if mesh is None:
+      model_def, step = _local_step(model.config)
+      return cls(model_def, params, eval_step=step)
+    from dualtalk_jax.train.step import ModelDef
+
+    return cls(ModelDef(model.config), params, mesh=mesh)
+
+  def rows(self, batch_size: int) -> int:
+    """Rows per call: `batch_size` rounded up to a multiple of this host's mesh devices."""
+    if self.mesh is None:
+      return batch_size
+    import jax
+
+    local = sum(d.process_index == jax.process_index() for d in self.mesh.devices.flat)
+    return -(-batch_size // local) * local
+
+  def require_motion(self, given: bool) -> None:
+    from dualtalk_jax.models.dualtalk import require_partner_motion
+
+    require_partner_motion(self.config, given)
+
+  def __call__(self, batch: dict[str, np.ndarray], max_frames: int | None = None) -> np.ndarray:
+    """Predictions of `batch`'s rows (`train.step.MODEL_INPUTS` keys; others ignored), as host
+    numpy (rows, max_frames, 56); `max_frames` defaults to the audio width / 640 (`pipeline.pad_batch`)."""
+    from dualtalk_jax.train.step import MODEL_INPUTS
+
+    inputs = {k: np.asarray(batch[k]) for k in MODEL_INPUTS}
+    max_frames = int(inputs["audio_self"].shape[1] // audio.SAMPLES_PER_FRAME if max_frames is None else max_frames)
+    if self.mesh is None:
+      return np.asarray(self.step(self.params, inputs, max_frames))
+    from jax.experimental import multihost_utils
+
+    from dualtalk_jax import sharding
+
+    # every host's arrays must have one global shape: pad each time axis to the longest of all hosts'
+    widths = _agree_max([max_frames] + [inputs[k].shape[1] for k in ("audio_self", "audio_other", "motion_other")])
+    max_frames = widths[0]
+    for k, w in zip(("audio_self", "audio_other", "motion_other"), widths[1:]):
+      pad = [(0, 0)] * inputs[k].ndim
+      pad[1] = (0, w - inputs[k].shape[1])
+      inputs[k] = np.pad(inputs[k], pad)
+    pred = self.step(self.params, sharding.shard_batch(inputs, self.mesh), max_frames)
+    spec = sharding.batch_sharding(self.mesh, 3).spec
+    return np.asarray(multihost_utils.global_array_to_host_local_array(pred, self.mesh, spec))
+
+
+@functools.lru_cache(maxsize=8)
+def _local_step(cfg):
+  from dualtalk_jax.train import step
+
+  model_def = step.ModelDef(cfg)
+  return model_def, step.make_eval_step(model_def)
+
+
+def _agree_max(values: Sequence[int]) -> list[int]:
+  """Elementwise max of `values` over all processes."""
+  import jax
+
+  if jax.process_count() == 1:
+    return [int(v) for v in values]
+  from jax.experimental import multihost_utils
+
+  return [int(v) for v in np.max(multihost_utils.process_allgather(np.asarray(values, np.int64)), axis=0)]
+
+
+def as_predictor(model) -> Predictor:
+  """`model` if it is a `Predictor`, else `Predictor.from_model(model)` (a `DualTalk`)."""
+  return model if isinstance(model, Predictor) else Predictor.from_model(model)
+
+
+def predict(model, audio_self, audio_other, motion_other, *, audio_self_lengths=None, audio_other_lengths=None,
+            motion_other_lengths=None, num_frames=None, max_frames=None) -> np.ndarray:
+  """`model` (a `DualTalk` or `Predictor`) on arrays: (B, S) and (B, S') audio, (B, N, 56)
+  partner motion (None for a no_partner_motion model). Lengths default to whole rows,
+  `num_frames` to `audio.num_frames(S)` (host float64; required with `audio_self_lengths`),
+  `max_frames` to max(num_frames). Returns (B, max_frames, 56); one compile per shape."""
+  p = as_predictor(model)
+  b, s = np.shape(audio_self)
+  if num_frames is None:
+    if audio_self_lengths is not None:
+      raise ValueError("num_frames is required with audio_self_lengths (computed on the host in float64)")
+    num_frames = np.full((b,), audio.num_frames(s), np.int32)
+  p.require_motion(motion_other is not None)
+  if motion_other is None:  # never read
+    motion_other, motion_other_lengths = np.zeros((b, 1, audio.MOTION_DIM), np.float32), np.zeros((b,), np.int32)
+  full = lambda n, x: np.full((b,), np.shape(x)[1], np.int32) if n is None else np.asarray(n, np.int32)
+  batch = {"audio_self": audio_self, "audio_other": audio_other, "motion_other": motion_other,
+           "audio_self_lengths": full(audio_self_lengths, audio_self),
+           "audio_other_lengths": full(audio_other_lengths, audio_other),
+           "motion_other_lengths": full(motion_other_lengths, motion_other),
+           "num_frames": np.asarray(num_frames, np.int32)}
+  return p(batch, int(np.max(num_frames)) if max_frames is None else max_frames)
+
+
+def predict_batch(model, clips: Sequence[Clip], *, batch_size: int | None = None, bucket_frames: int = 50,
+                  num_frames: Sequence[int] | None = None) -> list[np.ndarray]:
+  """One padded batch (`pipeline.pad_batch`: time to a multiple of `bucket_frames`, rows to
+  `batch_size`, rounded up to the predictor's `rows`). `num_frames` overrides each clip's
+  output length (windows). Returns each clip's (T_i, 56) prediction."""
+  from dualtalk_jax.data import pipeline
+
+  p = as_predictor(model)
+  b = p.rows(batch_size or len(clips))
   if not 0 < len(clips) <= b:
     raise ValueError(f"{len(clips)} clips for a batch of {b}")
-  step = max(HOP, int(round(bucket_seconds * audio.SAMPLE_RATE / HOP)) * HOP)
-  frames = np.array([c.num_frames for c in clips] if num_frames is None else num_frames, np.int32)
-  s_pad = bucket(max(max(len(c.audio_self), len(c.audio_other)) for c in clips), step)
-  max_frames = max(audio.num_frames(s_pad), int(frames.max()))
-  rows = list(clips) + [clips[0]] * (b - len(clips))
-  frames = np.concatenate([frames, np.repeat(frames[:1], b - len(clips))])
-  lens = lambda key: np.array([len(getattr(c, key)) for c in rows], np.int32)
-  motion = motion_lengths = None  # all clips without partner motion: a no_partner_motion model
-  if any(c.motion_other is not None for c in clips):
-    if any(c.motion_other is None for c in clips):
-      raise ValueError("clips with and without partner motion in one batch")
-    motion = _pad_rows([c.motion_other for c in rows], bucket(max(len(c.motion_other) for c in clips), step // HOP), b)
-    motion_lengths = lens("motion_other")
-  out = predict(
-      model, _pad_rows([c.audio_self for c in rows], s_pad, b), _pad_rows([c.audio_other for c in rows], s_pad, b),
-      motion, audio_self_lengths=lens("audio_self"), audio_other_lengths=lens("audio_other"),
-      motion_other_lengths=motion_lengths, num_frames=frames, max_frames=max_frames)
-  out = np.asarray(out)
-  return [out[i, :frames[i]] for i in range(len(clips))]
+  p.require_motion(all(c.motion_other is not None for c in clips))
+  frames = [c.num_frames for c in clips] if num_frames is None else list(num_frames)
+  out = p(pipeline.pad_batch([c.sample(n) for c, n in zip(clips, frames)], b, bucket_frames))
+  return [out[i, :n] for i, n in enumerate(frames)]
 
 
-def predict_clips(model, clips: Sequence[Clip], *, batch_size: int = 8, bucket_seconds: float = 2.0,
+def predict_clips(model, clips: Sequence[Clip], *, batch_size: int = 8, bucket_frames: int = 50,
                   progress: bool = False) -> list[np.ndarray]:
-  """Predictions for clips of any lengths, in input order.
+  """Predictions for clips of any lengths, in input order (one process).
 
-  Clips are sorted by padded length and batched within a bucket, so each batch compiles
-  once per (bucket) shape and padding stays under `bucket_seconds` per clip.
+  Clips are sorted by padded length (`audio.bucket_frames`) and batched within a bucket,
+  so a split compiles once per bucket and padding stays under `bucket_frames` per clip.
   """
   if not clips:
     return []
-  step = max(HOP, int(round(bucket_seconds * audio.SAMPLE_RATE / HOP)) * HOP)
-  key = lambda i: bucket(max(len(clips[i].audio_self), len(clips[i].audio_other)), step)
+  from dualtalk_jax.data import pipeline
+
+  p = as_predictor(model)
+  key = lambda i: audio.bucket_frames(pipeline.sample_frames(clips[i].sample()), bucket_frames)
   order = sorted(range(len(clips)), key=lambda i: (key(i), i))
   groups: list[list[int]] = []
   for i in order:
@@ -233,9 +363,8 @@ def predict_clips(model, clips: Sequence[Clip], *, batch_size: int = 8, bucket_s
   bar = Progress(len(clips), "predict", unit="clip", enabled=progress)
   out: list[np.ndarray | None] = [None] * len(clips)
   for g in groups:
-    for i, p in zip(g, predict_padded(model, [clips[i] for i in g], batch_size=batch_size,
-                                      bucket_seconds=bucket_seconds)):
-      out[i] = p
+    for i, pred in zip(g, predict_batch(p, [clips[i] for i in g], batch_size=batch_size, bucket_frames=bucket_frames)):
+      out[i] = pred
     hostmem.release_free_memory()
     bar.update(len(g))
   bar.close()
@@ -298,12 +427,14 @@ def predict_windowed(model, clip: Clip, *, window_seconds: float = 20.0, overlap
   compile, and memory bounded by the window size whatever the input length. `runner`
   (clips, num_frames) -> predictions replaces the model call (tests, other backends).
   """
-  if runner is None:
-    runner = lambda cs, nf: predict_padded(model, cs, batch_size=batch_size if nf else 1,
-                                           bucket_seconds=window_seconds if nf else 2.0, num_frames=nf)
   overlap_seconds = window_overlap(window_seconds, overlap_seconds)
   t = clip.num_frames
   w = int(round(window_seconds * audio.FPS))
+  if runner is None:
+    predictor = as_predictor(model)
+    batch_size = predictor.rows(batch_size)  # windows fill the rows a mesh would pad anyway
+    runner = lambda cs, nf: predict_batch(predictor, cs, batch_size=batch_size if nf else 1, bucket_frames=w if nf else 50,
+                                          num_frames=nf)
   if window_seconds <= 0 or t <= w:
     return runner([clip], None)[0]
   o = min(int(round(overlap_seconds * audio.FPS)), w // 2)
@@ -311,8 +442,8 @@ def predict_windowed(model, clip: Clip, *, window_seconds: float = 20.0, overlap
   weights = crossfade_weights(starts, w)
   wins = []
   for s in starts:
-    a = clip.audio_self[s * HOP:(s + w) * HOP]
-    b = clip.audio_other[s * HOP:(s + w) * HOP]
+    a = clip.audio_self[s * audio.SAMPLES_PER_FRAME:(s + w) * audio.SAMPLES_PER_FRAME]
+    b = clip.audio_other[s * audio.SAMPLES_PER_FRAME:(s + w) * audio.SAMPLES_PER_FRAME]
     if len(b) < len(a):  # the partner's track ended earlier: silence (0 after normalisation)
       b = np.concatenate([b, np.zeros(len(a) - len(b), np.float32)])
     m = None

@@ -41,7 +41,6 @@ a step is that of one (C + L)-frame window, so it grows with C + L, not with the
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import time
 from typing import Iterator
@@ -152,14 +151,6 @@ class _RunningStats:
     return (x - np.float32(self.mean)) / np.float32(np.sqrt(var + 1e-7))
 
 
-def _window_fn(graphdef, state, a, b, m, a_len, b_len, m_len, num_frames, *, max_frames):
-  from flax import nnx
-
-  model = nnx.merge(graphdef, state)
-  return model(a, b, m, audio_self_lengths=a_len, audio_other_lengths=b_len, motion_other_lengths=m_len,
-               num_frames=num_frames, max_frames=max_frames)
-
-
 class StreamingPredictor:
   """Streams a `DualTalk` (eval mode) over chunked input; see the module docstring.
 
@@ -174,15 +165,15 @@ class StreamingPredictor:
   """
 
   def __init__(self, model, cfg: StreamConfig = StreamConfig()):
-    import jax
-    from flax import nnx
+    from dualtalk_jax import checkpoint
+    from dualtalk_jax.train.step import ModelDef
 
     self.cfg = cfg
     self.model_config = model.config
     self.uses_motion = needs_partner_motion(model.config)
     self.motion_dim = model.config.motion_dim
-    graphdef, self._params = nnx.split(model)
-    self._fn = jax.jit(functools.partial(_window_fn, graphdef), static_argnames=("max_frames",))
+    # the one prediction function, with a step of its own so that `compiles` counts this stream's shapes
+    self._predictor = predict_lib.Predictor(ModelDef(model.config), checkpoint.model_params(model))
     self.reset()
 
   def reset(self) -> None:
@@ -204,7 +195,7 @@ class StreamingPredictor:
   @property
   def compiles(self) -> int:
     """How many shapes the model step has been compiled for (1 after the first step)."""
-    return self._fn._cache_size()
+    return self._predictor.step._cache_size()
 
   @property
   def frames_emitted(self) -> int:
@@ -223,8 +214,9 @@ class StreamingPredictor:
 
   def _call(self, a, b, m, n_samples, n_frames, n_motion):
     lens = lambda n: np.full((1,), n, np.int32)
-    return self._fn(self._params, a, b, m, lens(n_samples), lens(n_samples), None if m is None else lens(n_motion),
-                    lens(n_frames), max_frames=self.cfg.window_frames)
+    return predict_lib.predict(self._predictor, a, b, m, audio_self_lengths=lens(n_samples),
+                               audio_other_lengths=lens(n_samples), motion_other_lengths=None if m is None else lens(n_motion),
+                               num_frames=lens(n_frames), max_frames=self.cfg.window_frames)
 
   # ---- input ----
 

@@ -98,12 +98,13 @@ class VertexScorer:
 
   def score_file(self, pred: np.ndarray, gt: np.ndarray, shape: np.ndarray | None = None) -> tuple[float, float, int]:
     """(sum of per-frame max lip squared errors, FDD, frames) over the common length."""
-    from dualtalk_jax.eval.metrics import bucket_length
+    from dualtalk_jax import audio
+    from dualtalk_jax.eval.metrics import BUCKET_FRAMES
 
     n = min(len(pred), len(gt))
     if n < 2:
       raise ValueError(f"vertex metrics need at least 2 frames in common, got {n}")
-    tmax = bucket_length(n)
+    tmax = audio.bucket_frames(n, BUCKET_FRAMES)
     pad = ((0, tmax - n), (0, 0))
     s = np.zeros(flame.NUM_SHAPE, np.float32)
     if shape is not None:

@@ -20,9 +20,10 @@ Frozen wav2vec2 mode (`freeze_audio_encoders(model)`, after `model.train()`): bo
 encoders run in eval mode and pass no gradient, the rest of the model trains as usual.
 Their outputs are then a pure function of the audio (`JointEncoder.encode_audio`), which
 is what the preprocessing feature cache stores (dualtalk_jax/data/feature_cache.py);
-`model(None, None, motion_other, features_self=..., features_other=...)` takes those
+`model.from_features(features_self, features_other, motion_other, ...)` takes those
 cached hidden states instead of audio, skips both encoders and is otherwise the same
-forward pass (same params; the encoder params are simply not read).
+forward pass (`__call__` runs it after the encoders; same params, the encoder params are
+simply not read).
 
 Ablations (`DualTalkConfig.ablation`, the paper's Tab. 6). Each removes the named module
 or input, whose params are then absent from the param tree; what takes its place keeps
@@ -77,6 +78,13 @@ def frame_mask(num_frames, max_frames: int):
   return jnp.arange(max_frames)[None, :] < jnp.asarray(num_frames)[:, None]
 
 
+def require_partner_motion(cfg: DualTalkConfig, given: bool) -> None:
+  """Refuses input without the partner's motion for a model that reads it."""
+  if not given and cfg.uses_partner_motion:
+    raise ValueError(f"this model (ablation {cfg.ablation!r}) needs the partner's motion; only a "
+                     "no_partner_motion model runs without it")
+
+
 class JointEncoder(nnx.Module):
   """`joint_encoder`: DualSpeakerJointEncoder (ablations: see the module docstring)."""
 
@@ -84,6 +92,7 @@ class JointEncoder(nnx.Module):
                remat: str = ""):
     kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
     self.use_mfcc = not cfg.uses_wav2vec2
+    self.uses_partner_speech = cfg.uses_partner_speech
     if cfg.uses_wav2vec2:
       self.audio_encoder1 = Wav2Vec2Model(cfg.wav2vec2, remat=remat, scan_layers=cfg.scan_layers, **kw)
       if cfg.uses_partner_speech:
@@ -123,29 +132,13 @@ class JointEncoder(nnx.Module):
       h_other = None if h_other is None else jax.lax.stop_gradient(h_other)
     return h_self, h_other
 
-  def __call__(self, audio_self, audio_other, motion_other, *, audio_self_lengths, audio_other_lengths, num_frames, max_frames,
-               features_self=None, features_other=None):
-    """`features_self`/`features_other` ((B, max_frames, H), e.g. from the feature cache)
-    replace the encoders' outputs; the audio arguments are then ignored (pass None).
-    Returns the projected target audio, partner audio and encoded partner motion; the
-    latter two are None where the ablation removes them."""
-    if (features_self is None) != (features_other is None):
-      raise ValueError("pass both features_self and features_other, or neither")
-    if features_self is None:
-      h_self, h_other = self.encode_audio(audio_self, audio_other, audio_self_lengths=audio_self_lengths,
-                                          audio_other_lengths=audio_other_lengths, num_frames=num_frames,
-                                          max_frames=max_frames)
-    else:
-      h_self, h_other = features_self, features_other
-      want = (np.shape(h_self)[0], max_frames, self.audio_projection.in_features)
-      for name, h in (("features_self", h_self), ("features_other", h_other)):
-        if tuple(h.shape) != want:
-          raise ValueError(f"{name} has shape {tuple(h.shape)}, expected (batch, max_frames, hidden) = {want}")
-      if not hasattr(self, "audio_encoder2"):
-        h_other = None
+  def __call__(self, h_self, h_other, motion_other):
+    """Projects the encoders' outputs (`encode_audio`, or the feature cache's) and encodes the
+    partner's motion: the projected target audio, partner audio and encoded partner motion;
+    the latter two are None where the ablation removes them (h_other is then ignored)."""
     return (
         self.audio_projection(h_self),
-        None if h_other is None else self.audio_projection(h_other),
+        self.audio_projection(h_other) if self.uses_partner_speech else None,
         self.blendshape_encoder(motion_other) if hasattr(self, "blendshape_encoder") else None,
     )
 
@@ -244,26 +237,13 @@ class DualTalk(nnx.Module):
       self.interaction_module = InteractionModule(cfg, remat=remat, **kw)
     self.synthesis_module = SynthesisModule(cfg, remat=remat, **kw)
 
-  def __call__(
-      self,
-      audio_self,
-      audio_other,
-      motion_other,
-      *,
-      audio_self_lengths=None,
-      audio_other_lengths=None,
-      motion_other_lengths=None,
-      num_frames=None,
-      max_frames: int | None = None,
-      features_self=None,
-      features_other=None,
-  ):
+  def __call__(self, audio_self, audio_other, motion_other, *, audio_self_lengths=None, audio_other_lengths=None,
+               motion_other_lengths=None, num_frames=None, max_frames: int | None = None):
     """Predicts the target's motion.
 
     Args:
       audio_self, audio_other: (B, S) and (B, S') normalised 16 kHz audio, zero-padded
-        (None with features_self/features_other; audio_other may be None for
-        `no_partner_speech`).
+        (audio_other may be None for `no_partner_speech`).
       motion_other: (B, N, 56) partner motion (N need not equal T), zero-padded; None for
         `no_partner_motion` (the only variant that may omit it).
       *_lengths: (B,) valid samples / frames per clip; None = the whole row.
@@ -271,50 +251,47 @@ class DualTalk(nnx.Module):
         on the host in float64 as the released code does; None = from the padded width
         (only valid when audio_self_lengths is None).
       max_frames: static output length; None = max of num_frames (host values only).
-      features_self, features_other: (B, T, H) wav2vec2 last hidden states already
-        resampled to the output frames (`joint_encoder.encode_audio`, or the feature
-        cache), used instead of running the two encoders on audio; None = from audio.
-        num_frames None = all T frames.
 
     Returns:
       (B, max_frames, motion_dim); rows past num_frames[b] are padding.
     """
-    if features_self is not None:
-      b, t = np.shape(features_self)[:2]
-      if num_frames is None:
-        num_frames = np.full((b,), t, np.int32)
-      if max_frames is None:
-        max_frames = t
-    else:
-      b, s = audio_self.shape
+    b, s = audio_self.shape
     if num_frames is None:
       if audio_self_lengths is not None:
         raise ValueError("num_frames is required with audio_self_lengths (computed on the host in float64)")
       num_frames = np.full((b,), audio.num_frames(s), np.int32)
     if max_frames is None:
       max_frames = int(np.max(np.asarray(num_frames)))
-    num_frames = jnp.asarray(num_frames, jnp.int32)
+    h_self, h_other = self.joint_encoder.encode_audio(
+        audio_self, audio_other, audio_self_lengths=audio_self_lengths, audio_other_lengths=audio_other_lengths,
+        num_frames=jnp.asarray(num_frames, jnp.int32), max_frames=max_frames)
+    return self.from_features(h_self, h_other, motion_other, motion_other_lengths=motion_other_lengths,
+                              num_frames=num_frames)
+
+  def from_features(self, features_self, features_other, motion_other, *, motion_other_lengths=None, num_frames=None):
+    """The forward pass from the two encoders' outputs instead of audio: what `__call__` runs
+    after `joint_encoder.encode_audio`, and the entry of the wav2vec2 feature cache
+    (dualtalk_jax/data/feature_cache.py), which stores those outputs.
+
+    `features_self`, `features_other`: (B, T, H) last hidden states already resampled to the
+    T output frames (features_other is ignored for `no_partner_speech`); `num_frames` (B,)
+    defaults to all T frames; the other arguments as in `__call__`. Returns (B, T, motion_dim).
+    """
+    b, max_frames = np.shape(features_self)[:2]
+    want = (b, max_frames, self.joint_encoder.audio_projection.in_features)
+    for name, h in (("features_self", features_self), ("features_other", features_other)):
+      if h is not None and tuple(h.shape) != want:
+        raise ValueError(f"{name} has shape {tuple(h.shape)}, expected (batch, frames, hidden) = {want}")
+    num_frames = jnp.asarray(np.full((b,), max_frames, np.int32) if num_frames is None else num_frames, jnp.int32)
     cfg = self.config
-    if motion_other is None and cfg.uses_partner_motion:
-      raise ValueError(f"this model (ablation {cfg.ablation!r}) needs the partner's motion; only a "
-                       "no_partner_motion model runs without it")
+    require_partner_motion(cfg, motion_other is not None)
     if not cfg.uses_partner_motion:
       motion_other = motion_other_lengths = None  # never read
     elif motion_other_lengths is None:
       motion_other_lengths = jnp.full((b,), motion_other.shape[1], jnp.int32)
     mask = frame_mask(num_frames, max_frames)
 
-    a_self, a_other, m_other = self.joint_encoder(
-        audio_self,
-        audio_other,
-        motion_other,
-        audio_self_lengths=audio_self_lengths,
-        audio_other_lengths=audio_other_lengths,
-        num_frames=num_frames,
-        max_frames=max_frames,
-        features_self=features_self,
-        features_other=features_other,
-    )
+    a_self, a_other, m_other = self.joint_encoder(features_self, features_other, motion_other)
     if cfg.ablation == "no_temporal_enhancer":
       m = resample_frames(m_other, jnp.asarray(motion_other_lengths, jnp.int32), num_frames, max_frames)
       x = jnp.where(mask[..., None], a_other + m, 0.0)
@@ -330,31 +307,6 @@ class DualTalk(nnx.Module):
     if hasattr(self, "interaction_module"):
       h = self.interaction_module(h, mask=mask)
     return self.synthesis_module(h, mask=mask)
-
-
-@functools.partial(nnx.jit, static_argnames=("max_frames",))
-def _predict(model, audio_self, audio_other, motion_other, audio_self_lengths, audio_other_lengths, motion_other_lengths, num_frames, max_frames):
-  return model(
-      audio_self, audio_other, motion_other, audio_self_lengths=audio_self_lengths, audio_other_lengths=audio_other_lengths,
-      motion_other_lengths=motion_other_lengths, num_frames=num_frames, max_frames=max_frames,
-  )
-
-
-def predict(model: DualTalk, audio_self, audio_other, motion_other, *, audio_self_lengths=None, audio_other_lengths=None,
-            motion_other_lengths=None, num_frames=None, max_frames=None):
-  """`model(...)` under `nnx.jit`; host-side defaults as in `DualTalk.__call__` (one compile per shape)."""
-  b, s = np.shape(audio_self)
-  if num_frames is None:
-    if audio_self_lengths is not None:
-      raise ValueError("num_frames is required with audio_self_lengths (computed on the host in float64)")
-    num_frames = np.full((b,), audio.num_frames(s), np.int32)
-  if max_frames is None:
-    max_frames = int(np.max(num_frames))
-  full = lambda x, arr: None if arr is None else np.full((b,), np.shape(arr)[1], np.int32) if x is None else x
-  return _predict(
-      model, audio_self, audio_other, motion_other, full(audio_self_lengths, audio_self),
-      full(audio_other_lengths, audio_other), full(motion_other_lengths, motion_other), num_frames, max_frames,
-  )
 
 
 @functools.lru_cache(maxsize=4)

@@ -78,28 +78,19 @@ def _shared_data(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return c
 
 
-def score_records(model, val_dir: str, *, batch_size: int = 8, bucket_seconds: float = 8.0,
+def score_records(model, val_dir: str, *, batch_size: int = 8, bucket_frames: int = 200,
                   seed: int = 0) -> dict[str, float]:
   """Released metrics (+ speaking/listening) of `model` on every clip of a preprocessed
   split, both directions, one whole-clip pass each; means over directions."""
-  from dualtalk_jax.data import pipeline, records
-  from dualtalk_jax.eval import activity, predict
+  from dualtalk_jax.eval import activity, metrics, predict
 
-  manifest = records.load_manifest(val_dir)
-  reader = pipeline.ClipReader(val_dir, manifest)
-  clips, gts, others, audios = [], [], [], []
-  for c in manifest["clips"]:
-    rec = reader(c["record_index"])
-    for me, other in ((1, 2), (2, 1)):
-      clips.append(predict.Clip(rec[f"audio_{me}"], rec[f"audio_{other}"], rec[f"motion_{other}"], f"{c['name']}_{me}"))
-      gts.append(rec[f"motion_{me}"])
-      others.append(rec[f"motion_{other}"])
-      audios.append((rec[f"audio_{me}"], rec[f"audio_{other}"]))
-  preds = predict.predict_clips(model, clips, batch_size=batch_size, bucket_seconds=bucket_seconds)
+  clips, gts = zip(*predict.split_clips(val_dir))
+  others = [c.motion_other for c in clips]
+  preds = predict.predict_clips(model, clips, batch_size=batch_size, bucket_frames=bucket_frames)
   res = metrics.evaluate_files(preds, gts, others, seed=seed)["mean"]
   masks = {r: [] for r in metrics.ROLES}
-  for p, g, o, (a_self, a_other) in zip(preds, gts, others, audios):
-    speaking, listening = activity.roles(a_self, a_other, min(len(p), len(g), len(o)))
+  for p, g, c in zip(preds, gts, clips):
+    speaking, listening = activity.roles(c.audio_self, c.audio_other, min(len(p), len(g), len(c.motion_other)))
     masks["speaking"].append(speaking)
     masks["listening"].append(listening)
   res.update(metrics.evaluate_roles(preds, gts, others, masks, seed=seed)["mean"])
@@ -111,8 +102,7 @@ def train_and_score(config: ml_collections.ConfigDict, vdir: str) -> dict[str, f
   from dualtalk_jax.train import loop
 
   out = loop.train_and_evaluate(config, vdir)
-  model = out["model_def"].merge(out["state"]["params"], train=False)
-  return score_records(model, config.data.val_dir, batch_size=config.data.eval_batch_size, seed=config.seed)
+  return score_records(out["program"].predictor(out["state"]["params"]), config.data.val_dir, batch_size=config.data.eval_batch_size, seed=config.seed)
 
 
 def run_grid(config: ml_collections.ConfigDict, workdir: str, variants: list[str], *, train_and_score=train_and_score,

@@ -2,20 +2,21 @@
 
 `build(config, devices)` turns a training config into a `Program`: what
 `train.loop.train_and_evaluate` runs, what `aot.compile_steps` compiles for a TPU topology
-it cannot see, and what validation scores with (`Program.evaluate`). Building it allocates
+it cannot see, and what validation scores with (`Program.validate`). Building it allocates
 nothing; `Program.init_state` and `Program.abstract_state` make the state.
 
 Validation is mesh-aware and multi-host: every host reads its share of the eval rows
-(`pipeline.make_eval_dataset` by process), pads them to the time length all hosts agree
-on, builds global arrays with `sharding.shard_batch` (as training does), runs the one
-jitted eval step over the sharded params, and scores its own rows on the host; the sums
-are combined across hosts (`eval.evaluate.evaluate_batches`).
+(`pipeline.make_eval_dataset` by process) and predicts them with the one prediction
+function (`Program.predictor`: the time length all hosts agree on, global arrays built
+with `sharding.shard_batch` as training does, the jitted eval step over the sharded
+params), and scores its own rows on the host; the sums are combined across hosts
+(`eval.evaluate.evaluate_batches`). `experiments.evaluate` runs the same eval step.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +25,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from dualtalk_jax import audio, sharding
+from dualtalk_jax import sharding
 from dualtalk_jax.config import DualTalkConfig, get_model_config
 from dualtalk_jax.train import step as step_lib
 
@@ -78,16 +79,11 @@ def optim_config(config) -> step_lib.OptimConfig:
                               freeze_wav2vec2=frozen_wav2vec2(config))
 
 
-def local_mesh_devices(mesh: Mesh) -> int:
-  """How many of the mesh's devices belong to this process (its rows of a global batch divide by it)."""
-  return sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
-
-
 @dataclasses.dataclass(frozen=True)
 class Program:
   """Everything a run of one config compiles, for one mesh.
 
-  `train_step(state, batch) -> (state, metrics)` and `eval_step(params, batch) ->
+  `train_step(state, batch) -> (state, metrics)` and `eval_step(params, batch, max_frames) ->
   predictions` are jitted with the mesh's shardings (`step.make_train_step` /
   `step.make_eval_step`); `state_shardings` places the train state
   ({'step', 'params', 'opt_state'}).
@@ -129,60 +125,24 @@ class Program:
     """This host's rows of a training batch -> global arrays (the train step's keys only)."""
     return sharding.shard_batch({k: v for k, v in batch.items() if k in self.batch_keys}, self.mesh)
 
-  def eval_rows_per_host(self, batch_size: int) -> int:
-    """Eval rows per host: `batch_size` rounded up to a multiple of this host's mesh devices."""
-    local = local_mesh_devices(self.mesh)
-    return -(-batch_size // local) * local
+  def predictor(self, params):
+    """The one prediction function (`eval.predict.Predictor`) over this program's eval step, mesh and `params`."""
+    from dualtalk_jax.eval.predict import Predictor
 
-  def predict(self, params, batch: dict[str, np.ndarray]) -> np.ndarray:
-    """This host's rows of an eval batch -> their predictions (rows, T, 56), as host numpy.
-
-    Every host must call it with the same number of rows; the time axis is padded to the
-    longest of all hosts' batches, so the global arrays have one shape."""
-    batch = _pad_time(batch, _agree_max(batch["motion_self"].shape[1]))
-    inputs = sharding.shard_batch({k: batch[k] for k in step_lib.BATCH_NDIM}, self.mesh)
-    pred = self.eval_step(params, inputs)
-    from jax.experimental import multihost_utils
-
-    local = multihost_utils.global_array_to_host_local_array(pred, self.mesh, sharding.batch_sharding(self.mesh, 3).spec)
-    return np.asarray(local)
-
-  def evaluate(self, params, batches: Iterable[dict], *, scores: bool = True, prefix: str = "val_") -> dict[str, float]:
-    """Released loss and paper metrics over eval batches (every host its own share, sums combined)."""
-    from dualtalk_jax.eval import evaluate
-
-    return evaluate.evaluate_batches(lambda b: self.predict(params, b), batches, scores=scores, prefix=prefix)
+    return Predictor(self.model_def, params, mesh=self.mesh, eval_step=self.eval_step)
 
   def validate(self, params) -> dict[str, float]:
-    """`evaluate` over the whole `config.data.val_dir` split: `val_loss`, `val_loss_<part>`,
+    """Released loss and paper metrics over the whole `config.data.val_dir` split, every host
+    scoring its share (`eval.evaluate.evaluate_batches`): `val_loss`, `val_loss_<part>`,
     `val_<released metric key>` (`config.data.eval_metrics` False: the loss only)."""
     from dualtalk_jax.data import pipeline
+    from dualtalk_jax.eval import evaluate
 
     data = self.config.data
-    ds = pipeline.make_eval_dataset(data.val_dir, batch_size=self.eval_rows_per_host(data.eval_batch_size),
+    predictor = self.predictor(params)
+    ds = pipeline.make_eval_dataset(data.val_dir, batch_size=predictor.rows(data.eval_batch_size),
                                     bucket_frames=data.eval_bucket_frames)
-    return self.evaluate(params, ds, scores=data.eval_metrics)
-
-
-def _agree_max(n: int) -> int:
-  if jax.process_count() == 1:
-    return int(n)
-  from jax.experimental import multihost_utils
-
-  return int(np.max(multihost_utils.process_allgather(np.asarray(n, np.int64))))
-
-
-def _pad_time(batch: dict[str, np.ndarray], frames: int) -> dict[str, np.ndarray]:
-  """Zero-pads an eval batch's audio and motion to `frames` frames (lengths unchanged)."""
-  t = batch["motion_self"].shape[1]
-  if t == frames:
-    return batch
-  out = dict(batch)
-  for k in ("motion_self", "motion_other"):
-    out[k] = np.pad(batch[k], ((0, 0), (0, frames - t), (0, 0)))
-  for k in ("audio_self", "audio_other"):
-    out[k] = np.pad(batch[k], ((0, 0), (0, frames * audio.SAMPLES_PER_FRAME - batch[k].shape[1])))
-  return out
+    return evaluate.evaluate_batches(predictor, ds, scores=data.eval_metrics)
 
 
 def build(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None) -> Program:

@@ -83,19 +83,11 @@ def evaluate_against_baseline(config, out: dict[str, Any], pred_dir: str) -> dic
   """
   from dualtalk_jax.eval import predict
 
-  model = out["model_def"].merge(out["state"]["params"], train=False)
+  model = out["program"].predictor(out["state"]["params"])  # the eval step validation runs
   base = mean_pose(config.data.train_dir)
   window = config.eval_window_seconds
-  manifest = records.load_manifest(config.data.val_dir)
-  reader = pipeline.ClipReader(config.data.val_dir, manifest)
-  clips, targets = [], []
-  for c in manifest["clips"]:
-    rec = reader(c["record_index"])
-    for me, other in ((1, 2), (2, 1)):
-      clips.append(predict.Clip(rec[f"audio_{me}"], rec[f"audio_{other}"], rec[f"motion_{other}"],
-                                f"{c['name']}_speaker{me}"))
-      targets.append(rec[f"motion_{me}"])
-  whole = predict.predict_clips(model, clips, batch_size=config.data.eval_batch_size, bucket_seconds=8.0)
+  clips, targets = zip(*predict.split_clips(config.data.val_dir))
+  whole = predict.predict_clips(model, clips, batch_size=config.data.eval_batch_size, bucket_frames=200)
   os.makedirs(pred_dir, exist_ok=True)
   groups = list(audio.MOTION_GROUPS.items()) + [("all", slice(0, audio.MOTION_DIM))]
   sums = {f"{who}_{g}": 0.0 for who in ("model", "model_whole", "baseline") for g, _ in groups}

@@ -13,8 +13,9 @@ Frozen wav2vec2 mode (`ModelDef(frozen_encoders=True)` with
 `OptimConfig(freeze_wav2vec2=True)`): both encoders run in eval mode and get no gradient
 and no optimizer moments; their params stay in the tree untouched. In that mode the step
 can take cached encoder outputs instead of audio (`make_train_step(feature_cache=True)`,
-batch keys `FEATURE_BATCH_NDIM`), which gives the same loss and updates as the audio
-step without running wav2vec2.
+set by the run's `data.feature_cache`; batch keys `FEATURE_BATCH_NDIM`, run through
+`DualTalk.from_features`), which gives the same loss and updates as the audio step
+without running wav2vec2.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from jax.sharding import Mesh
 
 from dualtalk_jax import params as params_lib, sharding
 from dualtalk_jax.config import DualTalkConfig
+from dualtalk_jax.data.feature_cache import BATCH_NDIM as FEATURE_BATCH_NDIM
 from dualtalk_jax.models.dualtalk import DualTalk, frame_mask, freeze_audio_encoders, make_rngs
 from dualtalk_jax.train.loss import dualtalk_loss
 
@@ -39,9 +41,6 @@ MODEL_INPUTS = ("audio_self", "audio_other", "motion_other", "audio_self_lengths
                 "motion_other_lengths", "num_frames")
 BATCH_NDIM = {"audio_self": 2, "audio_other": 2, "motion_other": 3, "motion_self": 3, "audio_self_lengths": 1,
               "audio_other_lengths": 1, "motion_other_lengths": 1, "num_frames": 1}
-# Training batches with cached wav2vec2 features instead of audio (pipeline feature_cache=True).
-FEATURE_BATCH_NDIM = {"features_self": 3, "features_other": 3, "motion_other": 3, "motion_self": 3,
-                      "motion_other_lengths": 1, "num_frames": 1}
 FROZEN = re.compile(r".*\.feature_extractor\..*")  # the conv feature extractors (released: frozen)
 ENCODERS = re.compile(r"joint_encoder\.audio_encoder[12]\..*")  # frozen wav2vec2 mode
 
@@ -120,19 +119,20 @@ class ModelDef:
     return params_lib.of(DualTalk(self.config, rngs=make_rngs(seed)))
 
 
-def forward(model: DualTalk, batch: dict, max_frames: int):
-  if "features_self" in batch:
-    return model(None, None, batch["motion_other"], features_self=batch["features_self"],
-                 features_other=batch["features_other"], motion_other_lengths=batch["motion_other_lengths"],
-                 num_frames=batch["num_frames"], max_frames=max_frames)
+def forward(model: DualTalk, batch: dict, max_frames: int, *, feature_cache: bool = False):
+  """The model on a batch: audio (`MODEL_INPUTS`), or with `feature_cache` (the run's
+  `data.feature_cache`) cached wav2vec2 features (`FEATURE_BATCH_NDIM`, `DualTalk.from_features`)."""
+  if feature_cache:
+    return model.from_features(batch["features_self"], batch["features_other"], batch["motion_other"],
+                               motion_other_lengths=batch["motion_other_lengths"], num_frames=batch["num_frames"])
   return model(*(batch[k] for k in MODEL_INPUTS[:3]),
                audio_self_lengths=batch["audio_self_lengths"], audio_other_lengths=batch["audio_other_lengths"],
                motion_other_lengths=batch["motion_other_lengths"], num_frames=batch["num_frames"], max_frames=max_frames)
 
 
-def batch_loss(model: DualTalk, batch: dict):
+def batch_loss(model: DualTalk, batch: dict, *, feature_cache: bool = False):
   max_frames = batch["motion_self"].shape[1]
-  pred = forward(model, batch, max_frames)
+  pred = forward(model, batch, max_frames, feature_cache=feature_cache)
   mask = frame_mask(batch["num_frames"], max_frames)
   return dualtalk_loss(pred, batch["motion_self"], mask)
 
@@ -155,7 +155,7 @@ def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, *, se
   def micro_loss(params, micro, key):
     model = model_def.merge(params, train=True)
     nnx.reseed(model, dropout=key)
-    return batch_loss(model, micro)
+    return batch_loss(model, micro, feature_cache=feature_cache)
 
   grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
 
@@ -189,19 +189,22 @@ def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, *, se
                  donate_argnums=0)
 
 
-def make_eval_step(model_def: ModelDef, *, mesh: Mesh, param_shardings) -> Callable:
-  """jit(params, batch) -> predictions (B, T, 56) in eval mode, T = batch['motion_self'] frames.
+def make_eval_step(model_def: ModelDef, *, mesh: Mesh | None = None, param_shardings=None) -> Callable:
+  """jit(params, batch, max_frames) -> predictions (B, max_frames, 56) in eval mode.
 
-  Params, the global batch (split over the batch axes, as in training) and the predictions
-  have explicit shardings: the one eval step of validation and AOT (`train.builder`)."""
+  The one prediction function (`eval.predict.Predictor` runs it for validation, evaluation,
+  inference, streaming and the benchmarks; AOT compiles it). `batch` holds the
+  `MODEL_INPUTS`; `max_frames` is static. With a mesh, params, the global batch (split
+  over the batch axes, as in training) and the predictions have explicit shardings."""
 
-  def eval_fn(params, batch):
-    model = model_def.merge(params, train=False)
-    max_frames = batch["motion_self"].shape[1]
-    return forward(model, batch, max_frames)
+  def eval_fn(params, batch, max_frames):
+    return forward(model_def.merge(params, train=False), batch, max_frames)
 
-  batch_sh = {k: sharding.batch_sharding(mesh, n) for k, n in BATCH_NDIM.items()}
-  return jax.jit(eval_fn, in_shardings=(param_shardings, batch_sh), out_shardings=sharding.batch_sharding(mesh, 3))
+  if mesh is None:
+    return jax.jit(eval_fn, static_argnums=2)
+  batch_sh = {k: sharding.batch_sharding(mesh, BATCH_NDIM[k]) for k in MODEL_INPUTS}
+  return jax.jit(eval_fn, static_argnums=2, in_shardings=(param_shardings, batch_sh),
+                 out_shardings=sharding.batch_sharding(mesh, 3))
 
 
 def train_state(tx: optax.GradientTransformation, params) -> dict:
