@@ -117,11 +117,11 @@ def torch_twin(model, cfg, *, attn: str = "eager", device: str = "cpu"):
 
 def jax_predictor(model, dtype):
   """The one prediction function (`eval.predict.Predictor`) over `model`'s params, `dtype` compute."""
-  from dualtalk_jax import checkpoint
+  from dualtalk_jax import params as params_lib
   from dualtalk_jax.eval.predict import Predictor
   from dualtalk_jax.train.step import ModelDef
 
-  return Predictor(ModelDef(model.config, dtype=dtype), checkpoint.model_params(model))
+  return Predictor(ModelDef(model.config, dtype=dtype), params_lib.of(model))
 
 
 def flops_of(compiled) -> float | None:

@@ -226,9 +226,7 @@ class Predictor:
   def from_model(cls, model, *, mesh=None) -> "Predictor":
     """For a `DualTalk` module (its params now). Without a mesh the compiled step is shared by
     every model of the same config."""
-    from dualtalk_jax import checkpoint
-
-    params = checkpoint.model_params(model)
+    params = params_lib.of(model)
     if mesh is None:
       model_def, step = _local_step(model.config)
       return cls(model_def, params, eval_step=step)

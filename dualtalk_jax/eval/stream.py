@@ -165,7 +165,7 @@ class StreamingPredictor:
   """
 
   def __init__(self, model, cfg: StreamConfig = StreamConfig()):
-    from dualtalk_jax import checkpoint
+    from dualtalk_jax import params as params_lib
     from dualtalk_jax.train.step import ModelDef
 
     self.cfg = cfg
@@ -173,7 +173,7 @@ class StreamingPredictor:
     self.uses_motion = needs_partner_motion(model.config)
     self.motion_dim = model.config.motion_dim
     # the one prediction function, with a step of its own so that `compiles` counts this stream's shapes
-    self._predictor = predict_lib.Predictor(ModelDef(model.config), checkpoint.model_params(model))
+    self._predictor = predict_lib.Predictor(ModelDef(model.config), params_lib.of(model))
     self.reset()
 
   def reset(self) -> None:
