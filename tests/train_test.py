@@ -45,7 +45,7 @@ def assert_params(a, b, exact, atol=3e-4):
     if exact:
       np.testing.assert_array_equal(fa[k], fb[k], err_msg=str(k))
     else:
-      tol = 4 * 1e-3 if k[-2:] == ("k_proj", "bias") else atol
+      tol = 4 * 1e-3 if k.endswith(".k_proj.bias") else atol
       np.testing.assert_allclose(fa[k], fb[k], atol=tol, rtol=0, err_msg=str(k))
 
 

@@ -210,7 +210,7 @@ class StreamingPredictor:
     w = self.cfg.window_frames
     m = np.zeros((1, w, self.motion_dim), np.float32) if self.uses_motion else None
     silence = np.zeros((1, w * audio.SAMPLES_PER_FRAME), np.float32)
-    self._call(silence, silence, m, audio.SAMPLES_PER_FRAME, 1, 1).block_until_ready()
+    self._call(silence, silence, m, audio.SAMPLES_PER_FRAME, 1, 1)
 
   def _call(self, a, b, m, n_samples, n_frames, n_motion):
     lens = lambda n: np.full((1,), n, np.int32)
