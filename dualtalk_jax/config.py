@@ -122,7 +122,7 @@ WAV2VEC2_TINY = Wav2Vec2Config(
 # The paper's Tab. 6 ablations (`DualTalkConfig.ablation`); "" is the released model.
 # What each removes, and what takes its place, is documented in dualtalk_jax/models/dualtalk.py.
 ABLATIONS = {
-    "": "DualTalk (released)",
+    "": "DualTalk (all modules)",
     "no_partner_speech": "w/o Speaker-A's Speech",
     "no_partner_motion": "w/o Speaker-A's Expression",
     "mfcc": "replace Audio Feature Extractor with MFCC",

@@ -12,6 +12,7 @@ W/ablation.png. Re-running resumes: finished variants are neither trained nor sc
 """
 
 import sys
+import time
 
 from absl import app, flags
 
@@ -31,6 +32,7 @@ def main(argv):
   runtime.configure()
   from dualtalk_jax.train import ablation
 
+  start = time.time()
   try:
     variants = ablation.parse_variants(_VARIANTS.value)
     with _CONFIG.value.unlocked():
@@ -39,7 +41,7 @@ def main(argv):
   except (OSError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
-  print(f"wrote {_WORKDIR.value}/ablation.json, ablation.md, ablation.png")
+  print(f"wrote {_WORKDIR.value}/ablation.json, ablation.md, ablation.png ({time.time() - start:.0f} s)")
 
 
 if __name__ == "__main__":

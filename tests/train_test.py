@@ -292,15 +292,17 @@ def test_two_hosts_preempt_together_resume_and_match_one_host(data_dirs, tmp_pat
 
 @pytest.mark.slow
 def test_quickstart_learns_lip_sync_better_than_the_mean_pose(tmp_path):
-  """The README's main job with its own budget: on its held-out clips the model beats the
-  mean-pose baseline (the best constant prediction) and its jaw follows the voice. Measured
-  (module docstring of train/quickstart.py): MSE 1.75x below the baseline, jaw r 0.80."""
+  """The README's main job with its own budget, against issue 14's targets: in one pass over
+  each whole held-out clip the MSE is at least 2x below the mean-pose baseline (the best
+  constant prediction) and the jaw follows the voice at mean Pearson r >= 0.8. Measured
+  (module docstring of train/quickstart.py): 2.77x, r 0.81; in 2 s windows 2.76x, r 0.81."""
   from dualtalk_jax.train import quickstart as qs
 
   mse = qs.run(str(tmp_path / "qs"), progress_bar=False)["mse"]
-  assert mse["model_all"] < mse["baseline_all"] / 1.3 and mse["model_whole_all"] < mse["baseline_all"]
+  assert mse["model_whole_all"] <= mse["baseline_all"] / 2 and mse["model_all"] <= mse["baseline_all"] / 2
   assert mse["model_jaw"] < mse["baseline_jaw"] / 2
-  assert mse["jaw_r_model"] > 0.6 and mse["jaw_r_model_whole"] > 0.6  # the constant baseline's r is 0
+  assert mse["jaw_r_model_whole"] >= 0.8
+  assert mse["jaw_r_model"] > 0.6  # the constant baseline's r is 0
 
 
 def test_quickstart_runs_end_to_end(tmp_path, capsys):

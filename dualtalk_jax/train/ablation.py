@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 
 import ml_collections
 import numpy as np
@@ -133,7 +134,9 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str, variants: list[str
       log(f"{name}: finished earlier ({os.path.join(vdir, FINISHED)}), not trained again")
       continue
     log(f"{name}: training ({ABLATIONS[VARIANTS[name]]})")
+    start = time.time()
     scores = train_and_score(_shared_data(variant_config(config, name, workdir)), vdir)
+    log(f"{name}: trained and scored in {time.time() - start:.0f} s")
     if jax.process_index() == 0:
       os.makedirs(vdir, exist_ok=True)
       write_json(os.path.join(vdir, FINISHED), scores)

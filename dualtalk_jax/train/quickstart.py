@@ -11,8 +11,8 @@ Each stage (synthesizing, preprocessing, compiling and training, scoring, export
 prints one line when it starts and one with its time when it ends.
 
 Why the released tiny model does not lip-sync here, and what the quickstart changes
-(measured on the quickstart's data, 2000 steps, whole-clip pass, mean jaw-opening
-Pearson r over 16 held-out directions):
+(measured on the first version of the quickstart's data, see the last point; 2000 steps,
+whole-clip pass, mean jaw-opening Pearson r over 16 held-out directions):
 - The released interaction module returns its self-attention output alone (no residual,
   no positional term): each frame is an attention average over the input, and on 8-14 s
   clips, after training on 2 s windows, the jaw is almost flat within a turn (r 0.09; in
@@ -24,13 +24,18 @@ Pearson r over 16 held-out directions):
   keeps it: r 0.71 with the residual. Turning SpecAugment and LayerDrop off instead gives
   about the same (0.72); both together (config `tiny_base`) r 0.80 (windows 0.80), MSE
   1.75x below the mean pose (jaw 4.4x).
-- What is left of the MSE is mostly each speaker's identity: about 60 % of the 2000-step
-  model's error is a constant offset per held-out direction in `exp` (the identity's
-  style offset and listening direction, which the model has to infer from the voice, and
-  cannot while the target never speaks), the rest its own expression events (random,
-  in no input: a floor of about 1/7 of the mean-pose MSE) and lip amplitude (the predicted
-  jaw peaks are lower than the true ones). Still improving at 2000 steps (validation loss
-  -5 % per 500 steps), so the config trains 4000 steps at lr 2e-3 (see its comment).
+- The MSE: on the first version of the synthetic data, this model reached 1.81x below the
+  mean pose (jaw r 0.81), and more steps did not help (validation loss 0.0161 at 2000 and
+  at 4000 steps). About 60 % of its error was a constant offset per held-out direction
+  in `exp`: the identity's style offset and personal listening direction, which
+  DualTalk (no identity input) can infer only from the target's voice, and not at all
+  while the target does not speak; the model learned none of it. Those identity parts
+  are now smaller in the data (dualtalk_jax/data/synthetic.py, step 1): 2.77x, jaw r
+  0.81. What is left: the speaker's own expression events (random, in no input but the
+  partner's mirroring of them: with the `exp` noise, a floor of about 1/5 of the
+  mean-pose MSE), the remaining identity offset (about 30 % of the error), the neck
+  (nods are not learned: neck MSE stays at the baseline's) and lip amplitude (the
+  predicted jaw peaks are lower than the true ones).
 """
 
 from __future__ import annotations
