@@ -124,3 +124,26 @@ def test_listener_reacts_to_partner_speech_and_expression():
   # (0..1) listening weight, clearly positive
   assert 0.2 < num / den <= synthetic.MIRROR_GAIN + 0.1
   assert np.mean(np.concatenate(after)) > 3 * np.mean(np.concatenate(elsewhere))
+
+
+def test_the_conversation_mood_is_in_both_motions_only(monkeypatch):
+  """The conversation's mood is in both speakers' motion (never in the audio), along EMOTE,
+  from MOOD_SCALE up to (1 + MOOD_LISTEN_GAIN) times it while listening."""
+  ids = synthetic.make_identities(0, 8)
+  with_mood = [synthetic.make_clip(0, i, identities=ids, min_seconds=8, max_seconds=10) for i in range(6)]
+  monkeypatch.setattr(synthetic, "mood", lambda seed, index: 0.0)
+  without = [synthetic.make_clip(0, i, identities=ids, min_seconds=8, max_seconds=10) for i in range(6)]
+  emote = synthetic.EMOTE / float(synthetic.EMOTE @ synthetic.EMOTE)
+  assert len({c["mood"] for c in with_mood}) == 6 and all(abs(c["mood"]) <= synthetic.MOOD_SCALE for c in with_mood)
+  for c, c0 in zip(with_mood, without):
+    for s in (0, 1):
+      np.testing.assert_array_equal(c["audio"][s], c0["audio"][s])
+      np.testing.assert_array_equal(c["npz"][s]["pose"], c0["npz"][s]["pose"])
+      diff = c["npz"][s]["exp"].astype(np.float64) - c0["npz"][s]["exp"]
+      along = diff @ emote  # the mood's whole effect is along EMOTE
+      np.testing.assert_allclose(np.outer(along, synthetic.EMOTE), diff, atol=1e-5)
+      # the mood everywhere, up to MOOD_LISTEN_GAIN more of it (the listening weight)
+      extra = (along / c["mood"] - 1) / synthetic.MOOD_LISTEN_GAIN
+      assert extra.min() > -1e-3 and extra.max() < 1 + 1e-3
+      listens = any(spk != s for spk, *_ in c["turns"])
+      assert (extra.max() > 0.9) == listens

@@ -46,11 +46,20 @@ so a clip depends only on the seed and its index):
      mirrors the partner's own expression events 0.4 s later at 0.7 of their amplitude
      (`MIRROR_LAG_S`, `MIRROR_GAIN`); these events are in the partner's motion only,
      never in either audio track;
+   - the conversation's mood (shared affect): one value per clip, uniform in
+     [-MOOD_SCALE, MOOD_SCALE], drawn from its own generator (`[seed, index, 2]`), shown
+     by both speakers along `EMOTE` all the time, and more while listening (x (1 +
+     MOOD_LISTEN_GAIN * listening)). It is in the motion only, never in the audio, so only
+     the partner's motion tells a model the mood. Unlike the lagged events it holds for
+     the whole conversation: the released temporal enhancer's cross-attention over the
+     partner's motion has no positional information, so what it carries is what a window
+     of partner motion shows as a whole, and a 0.4 s lag is mostly lost in that average
+     (the quickstart's model gains nothing measurable from the events);
    - identity style offsets on `exp` and neck, a slow random head sway, small noise.
    A model that reads the audio beats a mean pose: the jaw and mouth `exp` are a
    deterministic function of the own envelope, and nods/listening of the partner's;
-   mirroring needs the partner's motion, so removing the partner's speech or motion
-   input removes part of what predicts the listener.
+   mirroring and the mood need the partner's motion, so removing the partner's speech or
+   motion input removes part of what predicts the listener.
 5. Lengths. Audio has `T * 640 + r` samples with r uniform in [0, 640), motion has T
    frames, as in the real data (`T ~= samples / 640`).
 """
@@ -105,6 +114,8 @@ EMOTE = np.zeros(50, np.float32)
 EMOTE[6:16] = np.array([0.9, 0.6, -0.5, 0.4, 0.3, -0.3, 0.2, 0.2, -0.1, 0.1], np.float32)
 MIRROR_LAG_S = 0.4
 MIRROR_GAIN = 0.7
+MOOD_SCALE = 0.5
+MOOD_LISTEN_GAIN = 0.5
 
 
 def _expression_events(rng, t):
@@ -181,7 +192,13 @@ def _frame_env(env, t):
   return env[:t * audio_lib.SAMPLES_PER_FRAME].reshape(t, audio_lib.SAMPLES_PER_FRAME).mean(axis=1)
 
 
-def _motion(rng, t, e_self, e_other, other_ends, ident, emo_self, emo_other):
+def mood(seed: int, index: int) -> float:
+  """The mood of conversation `index`: its own generator, so that adding it left every
+  other draw of the clip unchanged."""
+  return float(np.random.default_rng([seed, index, 2]).uniform(-MOOD_SCALE, MOOD_SCALE))
+
+
+def _motion(rng, t, e_self, e_other, other_ends, ident, emo_self, emo_other, clip_mood):
   exp = np.tile(ident.exp_offset, (t, 1)).astype(np.float64)
   pose = np.zeros((t, 6))
   es = _smooth(e_self, 3)
@@ -192,7 +209,7 @@ def _motion(rng, t, e_self, e_other, other_ends, ident, emo_self, emo_other):
   # Own expression events, and the partner's mirrored MIRROR_LAG_S later while listening.
   lag = int(round(MIRROR_LAG_S * FPS))
   mirrored = np.concatenate([np.zeros(lag), emo_other[:t - lag]])
-  exp += (emo_self + MIRROR_GAIN * listening * mirrored)[:, None] * EMOTE[None, :]
+  exp += (emo_self + MIRROR_GAIN * listening * mirrored + clip_mood * (1 + MOOD_LISTEN_GAIN * listening))[:, None] * EMOTE[None, :]
   pose[:, 3] = ident.jaw_gain * es
   pose[:, 4:6] = 0.01 * es[:, None] * rng.standard_normal(2)
   # Nods: damped 2.5 Hz oscillation on neck pitch at each partner phrase end.
@@ -222,10 +239,11 @@ def make_clip(seed: int, index: int, *, min_seconds: float = 10.0, max_seconds: 
   audios = [_voice(rng, envs[s], identities[ids[s]]) for s in (0, 1)]
   fenv = [_frame_env(e, t) for e in envs]
   emos = [_expression_events(rng, t) for _ in (0, 1)]
+  m = mood(seed, index)
   npzs = []
   for s in (0, 1):
     ident = identities[ids[s]]
-    exp, pose = _motion(rng, t, fenv[s], fenv[1 - s], ends[1 - s], ident, emos[s], emos[1 - s])
+    exp, pose = _motion(rng, t, fenv[s], fenv[1 - s], ends[1 - s], ident, emos[s], emos[1 - s], m)
     npzs.append({
         "exp": exp, "pose": pose,
         "shape": np.tile(ident.shape, (t, 1)),
@@ -234,7 +252,7 @@ def make_clip(seed: int, index: int, *, min_seconds: float = 10.0, max_seconds: 
         "light": np.zeros((t, 9, 3), np.float32),
     })
   return {"audio": audios, "npz": npzs, "turns": turns, "identities": [int(i) for i in ids],
-          "expression_events": emos, "phrase_ends": [list(e) for e in ends]}
+          "expression_events": emos, "mood": m, "phrase_ends": [list(e) for e in ends]}
 
 
 def write_clip(output_dir: str, name: str, clip: dict) -> list[str]:
