@@ -32,12 +32,13 @@ whole-clip pass, mean jaw-opening Pearson r over 16 held-out directions):
   while the target does not speak; the model learned none of it. Those identity parts
   are now smaller in the data (dualtalk_jax/data/synthetic.py, step 1), and the data
   gained the conversation's mood, shown by both speakers and known to the model only
-  through the partner's motion (step 4): 2.99x, jaw r 0.81 (`benchmarks/partner_mood.py`: the model carries 0.91 of a
-  change of the mood in the partner's motion into its own prediction). What is left:
-  the speaker's own expression events (random, in no input but the partner's mirroring
-  of them: with the `exp` noise, a floor of about 1/6 of the mean-pose MSE), the
-  remaining identity offset, the neck (nods are not learned: neck MSE stays at the
-  baseline's) and lip amplitude (the predicted jaw peaks are lower than the true ones).
+  through the partner's motion (step 4): 2.99x, jaw r 0.81. The model passes 0.91 of
+  the mood in the partner's motion on to its prediction (`benchmarks/partner_mood.py`).
+  What is left: the speaker's own expression events (random, in no input but the
+  partner's mirroring of them: with the `exp` noise, a floor of about 1/6 of the
+  mean-pose MSE), the remaining identity offset, the neck (nods are not learned: neck
+  MSE stays at the baseline's) and lip amplitude (the predicted jaw peaks are lower
+  than the true ones).
 """
 
 from __future__ import annotations
