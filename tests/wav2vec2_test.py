@@ -304,7 +304,8 @@ def test_scanned_and_unrolled_layers_agree():
   np.testing.assert_allclose(np.asarray(fwd(scanned)), np.asarray(fwd(unrolled)), atol=TOL, rtol=0)
 
 
-@pytest.mark.parametrize("samples,chunk_frames", [(3000, 1), (16000, 7), (20811, 32)])
+@pytest.mark.parametrize("samples", [3000, 16000, 20811])
+@pytest.mark.parametrize("chunk_frames", [1, 7, 32])
 def test_chunked_feature_extractor_matches_whole(samples, chunk_frames):
   """The TPU path of the layer-norm conv stack (chunks of output frames, `lax.map`) gives
   the frames of the whole-input stack."""
