@@ -304,21 +304,6 @@ def test_scanned_and_unrolled_layers_agree():
   np.testing.assert_allclose(np.asarray(fwd(scanned)), np.asarray(fwd(unrolled)), atol=TOL, rtol=0)
 
 
-@pytest.mark.parametrize("samples", [3000, 16000, 20811])
-@pytest.mark.parametrize("chunk_frames", [1, 7, 32])
-def test_chunked_feature_extractor_matches_whole(samples, chunk_frames):
-  """The TPU path of the layer-norm conv stack (chunks of output frames, `lax.map`) gives
-  the frames of the whole-input stack."""
-  fe = w2v.Wav2Vec2Model(STABLE, rngs=nnx.Rngs(0)).feature_extractor
-  assert fe.is_local and fe.receptive_field() == (320, 400)
-  audio = jax.random.normal(jax.random.key(samples), (2, samples))
-  whole = jax.jit(lambda x: fe._run(x))(audio)
-  chunked = jax.jit(lambda x: fe.chunked(x, chunk_frames))(audio)
-  assert chunked.shape == whole.shape == (2, w2v.feat_extract_output_lengths(STABLE, samples), 16)
-  np.testing.assert_allclose(np.asarray(chunked), np.asarray(whole), atol=TOL, rtol=0)
-  assert not w2v.Wav2Vec2Model(GROUP, rngs=nnx.Rngs(0)).feature_extractor.is_local
-
-
 def test_feature_extractor_gets_zero_gradient():
   model = w2v.Wav2Vec2Model(GROUP, rngs=nnx.Rngs(0))
   model.train()

@@ -23,8 +23,6 @@ Differences from the stock HF forward, all deliberate:
     frames only (HF uses all frames), and SpecAugment spans are drawn inside each row's
     valid frames. A padded row gives the same valid frames as that row alone. Padded
     output frames are not zeroed (as in HF); use the returned `frame_mask`.
-  * On TPU the layer-norm conv stack runs on chunks of 32 output frames in a `lax.map`
-    (`Wav2Vec2FeatureEncoder.chunked`, same frames; a much faster AOT compile).
   * The feature extractor output is wrapped in `jax.lax.stop_gradient` (it is frozen in
     DualTalk training); set `model.freeze_feature_encoder = False` to train it.
 
@@ -254,58 +252,8 @@ class Wav2Vec2FeatureEncoder(nnx.Module):
         for i in range(n)
     ])
 
-  # On TPU the stack runs on chunks of this many output frames, one chunk after the other
-  # (see `chunked`); None = never.
-  tpu_chunk_frames: int | None = 32
-
   def __call__(self, input_values: Array, input_lengths: Array | None = None) -> Array:
     """`input_lengths` (B,) valid samples, used for the GroupNorm statistics; None = all."""
-    c = self.tpu_chunk_frames
-    if (c and self.is_local and feat_extract_output_lengths(self.config, input_values.shape[1]) > c):
-      # Same values either way; only TPU takes the chunked path, where it compiles in a
-      # third of the time: libtpu's code generation grows with the size of the conv and
-      # LayerNorm/GELU kernels (large, 2 x 8 s of audio per chip: 60 s -> 21 s of CPU).
-      return jax.lax.platform_dependent(
-          input_values, tpu=lambda x: self.chunked(x, c), default=lambda x: self._run(x, input_lengths))
-    return self._run(input_values, input_lengths)
-
-  @property
-  def is_local(self) -> bool:
-    """Each output frame depends only on its own window of samples (no GroupNorm over time)."""
-    return all(layer.norm != "group" for layer in self.conv_layers)
-
-  def receptive_field(self) -> tuple[int, int]:
-    """(samples per output frame, samples seen by one output frame): (320, 400) for wav2vec2."""
-    stride, field = 1, 1
-    for k, s in zip(self.config.conv_kernel, self.config.conv_stride):
-      field += (k - 1) * stride
-      stride *= s
-    return stride, field
-
-  def chunked(self, input_values: Array, chunk_frames: int) -> Array:
-    """The stack run on chunks of `chunk_frames` output frames, one chunk at a time (`lax.map`).
-
-    Chunk i is the window of samples that output frames [i C, (i + 1) C) see, so its
-    output is exactly those frames of the whole-input output (the stack has no padding
-    and, without GroupNorm, nothing mixes frames beyond a frame's window). The input is
-    zero-padded to a whole number of chunks; frames past the real output are dropped.
-    Only for `is_local` stacks (no `input_lengths`)."""
-    if not self.is_local:
-      raise ValueError("chunked: the GroupNorm over time needs the whole input")
-    b, s = input_values.shape
-    stride, field = self.receptive_field()
-    frames = feat_extract_output_lengths(self.config, s)
-    n = -(-frames // chunk_frames)
-    hop = chunk_frames * stride  # samples per chunk, without the window's overhang
-    if field - stride > hop:
-      raise ValueError(f"chunked: chunks of {chunk_frames} frames are shorter than the frames' overlap")
-    x = jnp.pad(input_values, ((0, 0), (0, max(0, (n + 1) * hop - s))))[:, :(n + 1) * hop]
-    chunks = jnp.concatenate([x[:, :n * hop].reshape(b, n, hop),
-                              x[:, hop:].reshape(b, n, hop)[:, :, :field - stride]], axis=-1)
-    y = jax.lax.map(lambda c: self._run(c, None), jnp.moveaxis(chunks, 1, 0))  # (n, B, C, D)
-    return jnp.moveaxis(y, 0, 1).reshape(b, n * chunk_frames, -1)[:, :frames]
-
-  def _run(self, input_values: Array, input_lengths: Array | None = None) -> Array:
     x = input_values[:, :, None].astype(self.dtype)
     lengths = input_lengths
     for layer, k, s in zip(self.conv_layers, self.config.conv_kernel, self.config.conv_stride):
