@@ -1,6 +1,7 @@
 """How much of the conversation's mood a model reads from the partner's motion (synthetic data).
 
   python -m benchmarks.partner_mood --workdir=quickstart_workdir
+  python -m benchmarks.partner_mood --workdir=W/variants/no_modulation --val_dir=W/data/val  # a grid variant
 
 The mood (dualtalk_jax/data/synthetic.py, step 4) is in both speakers' motion and in no
 audio. For every held-out direction of a quickstart-style workdir (synthetic clips, seed 0,
@@ -18,6 +19,7 @@ import numpy as np
 from absl import app, flags
 
 _WORKDIR = flags.DEFINE_string("workdir", "quickstart_workdir", "Checkpoint dir with a synthetic data/val split.")
+_VAL_DIR = flags.DEFINE_string("val_dir", "", "Preprocessed synthetic split (default: <workdir>/data/val).")
 _SEED = flags.DEFINE_integer("seed", 0, "The synthetic data's seed.")
 
 
@@ -29,7 +31,7 @@ def main(argv):
   from dualtalk_jax.data import pipeline, records, synthetic
   from dualtalk_jax.eval import predict
 
-  val = os.path.join(_WORKDIR.value, "data", "val")
+  val = _VAL_DIR.value or os.path.join(_WORKDIR.value, "data", "val")
   model = predict.load_model(_WORKDIR.value)
   manifest = records.load_manifest(val)
   reader = pipeline.ClipReader(val, manifest)
