@@ -179,16 +179,17 @@ def _both(audio, files, predict, overlap) -> list[str]:
   outs = [files.prepare_output(f"{stem}_speaker{k}.npy", "--output", (".npy",)) for k in (1, 2)]
   _check_render_plot(files)
   try:
-    a1, a2 = (audio.normalize(predict.load_raw_track(path, channel)) for path, channel in tracks)
+    raw = [predict.load_raw_track(path, channel) for path, channel in tracks]
   except audio.AudioError as e:
     if _AUDIO_OTHER.value or "channel" not in str(e):
       raise
     raise ValueError(f"{e}; --both without --audio_other needs a two-channel --audio_self (speaker 1 on channel 0, "
                      "speaker 2 on channel 1)") from None
-  if problem := audio.frame_mismatch((f"{tracks[0][0]} (speaker 1)", audio.num_frames(len(a1))),
-                                     (f"{tracks[1][0]} (speaker 2)", audio.num_frames(len(a2))),
+  if problem := audio.frame_mismatch((f"{tracks[0][0]} (speaker 1)", audio.num_frames(len(raw[0]))),
+                                     (f"{tracks[1][0]} (speaker 2)", audio.num_frames(len(raw[1]))),
                                      2 * audio.MAX_FRAME_MISMATCH):
     raise ValueError(f"length mismatch: {problem}; the two tracks of one conversation must cover the same time")
+  a1, a2 = (audio.normalize(x) for x in raw)
   model = _load_model(predict)
   p1, p2, change = predict.predict_both(model, a1, a2, iterations=_ITERATIONS.value, window_seconds=_WINDOW_SECONDS.value,
                                         overlap_seconds=overlap, batch_size=_BATCH_SIZE.value)
@@ -208,9 +209,8 @@ def _both(audio, files, predict, overlap) -> list[str]:
   if _RENDER.value:
     from dualtalk_jax.face import render
 
-    render.render_files(_RENDER.value, _FLAME_MODEL.value, outs[0], audio=tracks[0][0],
-                        motion_other=os.path.splitext(outs[1])[0] + ".npz", audio_other=tracks[1][0],
-                        channel=tracks[0][1])
+    # each speaker with its own track (and channel), as loaded above
+    render.render_conversation(_RENDER.value, _FLAME_MODEL.value, p1, raw[0], p2, raw[1])
     written.append(os.path.abspath(_RENDER.value))
   return written
 
