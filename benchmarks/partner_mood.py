@@ -28,28 +28,24 @@ def main(argv):
   from dualtalk_jax import runtime
 
   runtime.configure()
-  from dualtalk_jax.data import pipeline, records, synthetic
+  from dualtalk_jax.data import synthetic
   from dualtalk_jax.eval import predict
 
   val = _VAL_DIR.value or os.path.join(_WORKDIR.value, "data", "val")
   model = predict.load_model(_WORKDIR.value)
-  manifest = records.load_manifest(val)
-  reader = pipeline.ClipReader(val, manifest)
   emote = synthetic.EMOTE / float(synthetic.EMOTE @ synthetic.EMOTE)
   num = den = 0.0
-  for clip in manifest["clips"]:
-    mood = synthetic.mood(_SEED.value, int(clip["name"].rsplit("_", 1)[1]))
-    rec = reader(clip["record_index"])
-    for a, b, motion_other in ((rec["audio_1"], rec["audio_2"], rec["motion_2"]),
-                               (rec["audio_2"], rec["audio_1"], rec["motion_1"])):
-      moodless = motion_other.copy()
-      moodless[:, :50] -= mood * synthetic.EMOTE
-      p = predict.predict_windowed(model, predict.Clip(a, b, motion_other), window_seconds=0)
-      q = predict.predict_windowed(model, predict.Clip(a, b, moodless), window_seconds=0)
-      change = (p[:, :50] - q[:, :50]) @ emote
-      num += float(np.sum(change) * mood)
-      den += float(len(change) * mood * mood)
-  print(f"{len(manifest['clips'])} held-out conversations, both directions: prediction change along EMOTE "
+  directions = predict.split_clips(val)  # clip names <clip>_speakerK, clip = synth_<index>
+  for clip, _ in directions:
+    mood = synthetic.mood(_SEED.value, int(clip.name.split("_")[1]))
+    moodless = clip.motion_other.copy()
+    moodless[:, :50] -= mood * synthetic.EMOTE
+    p = predict.predict_windowed(model, clip, window_seconds=0)
+    q = predict.predict_windowed(model, predict.Clip(clip.audio_self, clip.audio_other, moodless), window_seconds=0)
+    change = (p[:, :50] - q[:, :50]) @ emote
+    num += float(np.sum(change) * mood)
+    den += float(len(change) * mood * mood)
+  print(f"{len(directions)} held-out directions: prediction change along EMOTE "
         f"per unit of mood in the partner's motion = {num / den:.3f}")
 
 
