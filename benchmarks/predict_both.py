@@ -26,7 +26,6 @@ def main(argv):
   from dualtalk_jax import runtime
 
   runtime.configure()
-  from dualtalk_jax.data import pipeline, records
   from dualtalk_jax.eval import predict
   from dualtalk_jax.train import quickstart
 
@@ -34,17 +33,15 @@ def main(argv):
   val = os.path.join(wd, "data", "val")
   model = predict.load_model(wd)
   base = quickstart.mean_pose(os.path.join(wd, "data", "train"))
-  manifest = records.load_manifest(val)
-  reader = pipeline.ClipReader(val, manifest)
+  directions = predict.split_clips(val)  # per conversation: speaker 1's direction, then speaker 2's
   rounds = [int(k) for k in _ROUNDS.value]
   se: dict[str, float] = {}
   changes: dict[int, list[float]] = {k: [] for k in rounds}
   n = 0
-  for clip in manifest["clips"]:
-    rec = reader(clip["record_index"])
-    a1, a2, g1, g2 = rec["audio_1"], rec["audio_2"], rec["motion_1"], rec["motion_2"]
-    outs = {"true partner motion": (predict.predict_windowed(model, predict.Clip(a1, a2, g2), window_seconds=0),
-                                    predict.predict_windowed(model, predict.Clip(a2, a1, g1), window_seconds=0))}
+  for (c1, g1), (c2, g2) in zip(directions[::2], directions[1::2]):
+    a1, a2 = c1.audio_self, c2.audio_self
+    outs = {"true partner motion": (predict.predict_windowed(model, c1, window_seconds=0),
+                                    predict.predict_windowed(model, c2, window_seconds=0))}
     for k in rounds:
       p1, p2, change = predict.predict_both(model, a1, a2, iterations=k, window_seconds=0)
       outs[f"--both --iterations={k}"] = (p1, p2)
@@ -56,7 +53,7 @@ def main(argv):
         se[name] = se.get(name, 0.0) + float(((p[:m] - g[:m]) ** 2).sum())
     first = outs["true partner motion"]
     n += sum(min(len(p), len(g)) * g.shape[1] for p, g in ((first[0], g1), (first[1], g2)))
-  print(f"{len(manifest['clips'])} held-out conversations of {val}, both speakers, whole-clip passes")
+  print(f"{len(directions) // 2} held-out conversations of {val}, both speakers, whole-clip passes")
   for name, v in se.items():
     print(f"  {name:28s} MSE {v / n:.5f}")
   print("  largest change in the last round (max over clips):", {k: round(float(np.max(v)), 3) for k, v in changes.items()})
