@@ -181,6 +181,7 @@ def main():
   ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="JAX compute dtype (params f32)")
   ap.add_argument("--schedule", default="auto", choices=["auto", "interleaved", "sequential"])
   ap.add_argument("--keep_layerdrop", action="store_true", help="keep the config's wav2vec2 LayerDrop (0.1)")
+  ap.add_argument("--unrolled", action="store_true", help="scan_layers=False: the encoder layers as a list (debug form)")
   ap.add_argument("--torch_attn", default="eager", choices=["eager", "sdpa"])
   ap.add_argument("--torch_threads", type=int, default=0,
                   help="torch intra-op threads (default 0: os.cpu_count()); 1 helps torch on an oversubscribed CPU")
@@ -207,7 +208,9 @@ def main():
   cfg = CONFIGS[args.config]
   if not args.keep_layerdrop:
     cfg = dataclasses.replace(cfg, wav2vec2=dataclasses.replace(cfg.wav2vec2, layerdrop=0.0))
-  print(f"# DualTalk train-step benchmark: config={args.config} (wav2vec2 layerdrop {cfg.wav2vec2.layerdrop}), "
+  if args.unrolled:
+    cfg = dataclasses.replace(cfg, scan_layers=False)
+  print(f"# DualTalk train-step benchmark: config={args.config} (wav2vec2 layerdrop {cfg.wav2vec2.layerdrop}, scan_layers {cfg.scan_layers}), "
         f"batch {args.batch} x {args.frames} frames ({args.frames * 640 / 16000:g} s of audio per window), "
         f"JAX {args.dtype}, torch f32 on {tdev} attn={args.torch_attn}")
   print(f"# {host_info()}")
