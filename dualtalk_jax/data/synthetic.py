@@ -20,7 +20,15 @@ so a clip depends only on the seed and its index):
    them (see dualtalk_jax/train/quickstart.py).
 2. Turns. Duration uniform in [min_seconds, max_seconds]; 1-6 turns (weights
    .20/.35/.25/.10/.06/.04, mean 2.59; the dataset averages 2.5) with Dirichlet-split
-   lengths; speakers alternate, the first one random.
+   lengths; speakers alternate, the first one random. A turn's speech starts 0.05-0.3 s
+   into it, or, for half the turns (`GAP_PROB`), after a mutual silence of `GAP_S` (1.5-3
+   s; a pause before answering). In such a silence nobody listens (step 4), so whether the
+   target listens is not "the target is silent": only the partner's speech tells. Without
+   the gaps, a model that never hears the partner (the `no_partner_speech` ablation) read
+   the listening weight from the target's own silence as well as the full model read it
+   from the partner's speech (r 0.98 and 0.98 with the quickstart's model, over the
+   frames where the target is silent; `benchmarks/listener_cues.py`), and its listening
+   frames were no worse; with them, r 0.60 against 0.99.
 3. Speech. Within its turn the speaker produces phrases of 3-9 syllables at 3.5-6
    syllables/s, separated by 0.15-0.6 s pauses. The amplitude envelope is a sum of
    raised-cosine syllable bumps. The signal is voiced harmonics (8 partials, 1/h
@@ -57,7 +65,7 @@ so a clip depends only on the seed and its index):
      (the quickstart's model gains nothing measurable from the events);
    - identity style offsets on `exp` and neck, a slow random head sway, small noise.
    A model that reads the audio beats a mean pose: the jaw and mouth `exp` are a
-   deterministic function of the own envelope, and nods/listening of the partner's;
+   deterministic function of the own envelope, and nods and listening of the partner's;
    mirroring and the mood need the partner's motion, so removing the partner's speech or
    motion input removes part of what predicts the listener.
 5. Lengths. Audio has `T * 640 + r` samples with r uniform in [0, 640), motion has T
@@ -112,6 +120,8 @@ _MOUTH = np.array([1.2, -0.8, 0.6, 0.4, -0.3, 0.2], np.float32)
 # Direction of the own expression events (smiles) in exp[6:16], shared by everyone.
 EMOTE = np.zeros(50, np.float32)
 EMOTE[6:16] = np.array([0.9, 0.6, -0.5, 0.4, 0.3, -0.3, 0.2, 0.2, -0.1, 0.1], np.float32)
+GAP_PROB = 0.5
+GAP_S = (1.5, 3.0)
 MIRROR_LAG_S = 0.4
 MIRROR_GAIN = 0.7
 MOOD_SCALE = 0.5
@@ -144,7 +154,7 @@ def _speech_envelope(rng, n, turns, who):
   for spk, t0, t1 in turns:
     if spk != who:
       continue
-    t = t0 + rng.uniform(0.05, 0.3)
+    t = t0 + (rng.uniform(*GAP_S) if rng.random() < GAP_PROB else rng.uniform(0.05, 0.3))
     while t < t1 - 0.3:
       rate = rng.uniform(3.5, 6.0)
       for _ in range(int(rng.integers(3, 10))):
@@ -198,13 +208,19 @@ def mood(seed: int, index: int) -> float:
   return float(np.random.default_rng([seed, index, 2]).uniform(-MOOD_SCALE, MOOD_SCALE))
 
 
+def listening_weight(e_self, e_other) -> np.ndarray:
+  """(t,) 0..1 how much a speaker listens, from the frame envelopes: the partner's smoothed
+  activity, less while the speaker talks."""
+  listening = _smooth((_smooth(e_other, 25) > 0.05).astype(np.float64), 15)
+  return listening * (1.0 - np.clip(_smooth(e_self, 25) * 4, 0, 1))
+
+
 def _motion(rng, t, e_self, e_other, other_ends, ident, emo_self, emo_other, clip_mood):
   exp = np.tile(ident.exp_offset, (t, 1)).astype(np.float64)
   pose = np.zeros((t, 6))
   es = _smooth(e_self, 3)
   exp[:, :6] += es[:, None] * _MOUTH[None, :]
-  listening = _smooth((_smooth(e_other, 25) > 0.05).astype(np.float64), 15)
-  listening *= 1.0 - np.clip(_smooth(e_self, 25) * 4, 0, 1)
+  listening = listening_weight(e_self, e_other)
   exp += listening[:, None] * ident.listen_dir[None, :]
   # Own expression events, and the partner's mirrored MIRROR_LAG_S later while listening.
   lag = int(round(MIRROR_LAG_S * FPS))
@@ -227,7 +243,9 @@ def _motion(rng, t, e_self, e_other, other_ends, ident, emo_self, emo_other, cli
 
 def make_clip(seed: int, index: int, *, min_seconds: float = 10.0, max_seconds: float = 20.0,
               num_identities: int = 8, identities: list[Identity] | None = None) -> dict:
-  """One conversation: `{'audio': [a1, a2], 'npz': [dict1, dict2], 'turns': [...]}`."""
+  """One conversation: `{'audio': [a1, a2], 'npz': [dict1, dict2], 'turns': [...], ...}`; the
+  other keys are the draws behind the motion (per speaker: expression events, listening
+  weight; the mood, phrase ends)."""
   identities = identities or make_identities(seed, num_identities)
   rng = np.random.default_rng([seed, index])
   duration = rng.uniform(min_seconds, max_seconds)
@@ -240,6 +258,7 @@ def make_clip(seed: int, index: int, *, min_seconds: float = 10.0, max_seconds: 
   fenv = [_frame_env(e, t) for e in envs]
   emos = [_expression_events(rng, t) for _ in (0, 1)]
   m = mood(seed, index)
+  listening = [listening_weight(fenv[s], fenv[1 - s]) for s in (0, 1)]
   npzs = []
   for s in (0, 1):
     ident = identities[ids[s]]
@@ -252,7 +271,8 @@ def make_clip(seed: int, index: int, *, min_seconds: float = 10.0, max_seconds: 
         "light": np.zeros((t, 9, 3), np.float32),
     })
   return {"audio": audios, "npz": npzs, "turns": turns, "identities": [int(i) for i in ids],
-          "expression_events": emos, "mood": m, "phrase_ends": [list(e) for e in ends]}
+          "expression_events": emos, "mood": m, "phrase_ends": [list(e) for e in ends],
+          "listening": listening}
 
 
 def write_clip(output_dir: str, name: str, clip: dict) -> list[str]:

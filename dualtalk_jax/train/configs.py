@@ -109,8 +109,8 @@ def quickstart() -> ml_collections.ConfigDict:
   c.model = "tiny_base"
   c.interaction_residual = True
   # Step budget and learning rate (whole-clip MSE below the mean pose, jaw r): 2000 steps
-  # of lr 2e-3, 2.99x, 0.81. Chosen on the first version of the quickstart's data (larger
-  # identity offsets): lr 1e-3 1.76x, 0.80; lr 2e-3 1.80x, 0.81 (kept); a faster decay
+  # of lr 2e-3, 3.48x, 0.81 on the current data. Chosen on the first version of the
+  # quickstart's data (larger identity offsets): lr 1e-3 1.76x, 0.80; lr 2e-3 1.80x, 0.81 (kept); a faster decay
   # hurts (x0.5 every 400 steps: 1.61x, 0.76); 4 s windows barely matter (1.82x, 0.81);
   # 4000 steps do not help (validation loss 0.0161 at 2000 and at 4000).
   # What limits it: dualtalk_jax/train/quickstart.py.
