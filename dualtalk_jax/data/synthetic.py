@@ -28,7 +28,7 @@ so a clip depends only on the seed and its index):
    the listening weight from the target's own silence as well as the full model read it
    from the partner's speech (r 0.98 and 0.98 with the quickstart's model, over the
    frames where the target is silent; `benchmarks/listener_cues.py`), and its listening
-   frames were no worse; with them, r 0.60 against 0.99.
+   frames were no worse; with them, r 0.59 against 0.99.
 3. Speech. Within its turn the speaker produces phrases of 3-9 syllables at 3.5-6
    syllables/s, separated by 0.15-0.6 s pauses. The amplitude envelope is a sum of
    raised-cosine syllable bumps. The signal is voiced harmonics (8 partials, 1/h

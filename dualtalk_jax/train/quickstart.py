@@ -34,10 +34,10 @@ whole-clip pass, mean jaw-opening Pearson r over 16 held-out directions):
   gained the conversation's mood, shown by both speakers and known to the model only
   through the partner's motion (step 4): 2.99x, jaw r 0.81. Then mutual silences, in
   which nobody listens (step 2), so that only the partner's speech tells when the target
-  listens, and a wider partner-motion encoder in `tiny_base` (32 hidden units instead of
+  listens; and in `tiny_base` a wider partner-motion encoder (32 hidden units instead of
   8, with which the model often lost the mood) and no dropout in its tiny wav2vec2
-  (dualtalk_jax/config.py): 3.48x, jaw r 0.81 (2026-12-02). The model passes 0.68 of the mood in the partner's motion on to
-  its prediction (`benchmarks/listener_cues.py`).
+  (dualtalk_jax/config.py): 3.48x, jaw r 0.81 (2026-12-02). The model passes 0.77 of
+  the mood in the partner's motion on to its prediction (`benchmarks/listener_cues.py`).
   What is left: the speaker's own expression events (random, in no input but the
   partner's mirroring of them: with the `exp` noise, a floor of about 1/6 of the
   mean-pose MSE), the remaining identity offset, the neck (nods are not learned: neck
