@@ -84,8 +84,11 @@ def main(argv):
 
 def own_silence(audio_track: np.ndarray, t: int) -> np.ndarray:
   """(t,) bool: frames where the synthetic track is background noise only (RMS 0.003; speech is far above 0.01)."""
-  frames = audio_track[:t * 640].astype(np.float64)
-  frames = np.pad(frames, (0, t * 640 - frames.size)).reshape(t, 640)
+  from dualtalk_jax import audio
+
+  hop = audio.SAMPLES_PER_FRAME
+  frames = audio_track[:t * hop].astype(np.float64)
+  frames = np.pad(frames, (0, t * hop - frames.size)).reshape(t, hop)
   return np.sqrt((frames ** 2).mean(axis=1)) < 0.01
 
 

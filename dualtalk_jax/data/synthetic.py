@@ -215,12 +215,11 @@ def listening_weight(e_self, e_other) -> np.ndarray:
   return listening * (1.0 - np.clip(_smooth(e_self, 25) * 4, 0, 1))
 
 
-def _motion(rng, t, e_self, e_other, other_ends, ident, emo_self, emo_other, clip_mood):
+def _motion(rng, t, e_self, listening, other_ends, ident, emo_self, emo_other, clip_mood):
   exp = np.tile(ident.exp_offset, (t, 1)).astype(np.float64)
   pose = np.zeros((t, 6))
   es = _smooth(e_self, 3)
   exp[:, :6] += es[:, None] * _MOUTH[None, :]
-  listening = listening_weight(e_self, e_other)
   exp += listening[:, None] * ident.listen_dir[None, :]
   # Own expression events, and the partner's mirrored MIRROR_LAG_S later while listening.
   lag = int(round(MIRROR_LAG_S * FPS))
@@ -262,7 +261,7 @@ def make_clip(seed: int, index: int, *, min_seconds: float = 10.0, max_seconds: 
   npzs = []
   for s in (0, 1):
     ident = identities[ids[s]]
-    exp, pose = _motion(rng, t, fenv[s], fenv[1 - s], ends[1 - s], ident, emos[s], emos[1 - s], m)
+    exp, pose = _motion(rng, t, fenv[s], listening[s], ends[1 - s], ident, emos[s], emos[1 - s], m)
     npzs.append({
         "exp": exp, "pose": pose,
         "shape": np.tile(ident.shape, (t, 1)),
