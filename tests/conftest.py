@@ -1,11 +1,13 @@
 """Shared pytest set-up (repo root on sys.path, 8 virtual CPU devices, the entry points' runtime
-set-up) and the helpers several test files use."""
+set-up, heavy test files first) and the helpers several test files use."""
 import atexit
 import os
 import pathlib
 import shutil
 import sys
 import tempfile
+
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -62,3 +64,62 @@ def run_config(train_dir, val_dir="", *, window_frames, **overrides):
   c.eval_every = 0
   c.progress_bar = False
   return loop.apply_overrides(c, overrides)
+
+
+# The test files that take longest, scheduled first: `pytest -n 2 --dist loadfile` (pyproject.toml)
+# hands whole files to its workers in collection order, so a long file collected last (they
+# are alphabetical) would run alone at the end.
+FIRST = ("train_test.py", "train_multihost_test.py", "quickstart_test.py", "aot_test.py", "new_user_test.py",
+         "feature_cache_test.py")
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(FIRST)))  # stable: the rest keep their order
+
+
+@pytest.fixture(scope="module")
+def data_dirs(tmp_path_factory):
+  """A tiny preprocessed train (4 clips) and val (2 clips) split of synthetic conversations, 25-frame windows."""
+  from dualtalk_jax.data import preprocess, synthetic
+
+  root = tmp_path_factory.mktemp("data")
+  out = {}
+  for split, n, seed in (("train", 4, 0), ("val", 2, 1)):
+    synthetic.synthesize(str(root / f"raw_{split}"), n, seed, min_seconds=4.0, max_seconds=6.0)
+    preprocess.preprocess(str(root / f"raw_{split}"), str(root / split), window_frames=25)
+    out[split] = str(root / split)
+  return out
+
+
+def train_config(data_dirs, **overrides):
+  """`run_config` on `data_dirs`: 4 steps, a checkpoint every 2, then `overrides`."""
+  return run_config(data_dirs["train"], data_dirs["val"], window_frames=25,
+                    **{"total_steps": 4, "checkpoint_every": 2, **overrides})
+
+
+def train_run(data_dirs, workdir, **overrides):
+  """Trains `train_config(data_dirs, **overrides)` in `workdir`: (final metrics, host params)."""
+  from dualtalk_jax.train import loop, step as step_lib
+
+  out = loop.train_and_evaluate(train_config(data_dirs, **overrides), str(workdir))
+  return out["metrics"], step_lib.host_params(out["state"])
+
+
+def assert_params(a, b, exact, atol=3e-4):
+  """Exact, or close. Adam divides by sqrt(v), so reduction-order noise in near-zero
+  gradients moves a parameter by up to a fraction of the learning rate (1e-3 here); key
+  biases have an identically zero gradient (softmax ignores a shift shared by all keys),
+  so Adam turns pure noise into steps of up to lr: they get lr per step."""
+  import numpy as np
+
+  from dualtalk_jax import params as params_lib
+
+  fa, fb = params_lib.flatten(a), params_lib.flatten(b)
+  assert fa.keys() == fb.keys()
+  for k in fa:
+    if exact:
+      np.testing.assert_array_equal(fa[k], fb[k], err_msg=str(k))
+    else:
+      tol = 4 * 1e-3 if k.endswith(".k_proj.bias") else atol
+      np.testing.assert_allclose(fa[k], fb[k], atol=tol, rtol=0, err_msg=str(k))

@@ -194,7 +194,7 @@ def test_cached_training_equals_frozen_audio_training(world, tmp_path):
       np.testing.assert_array_equal(fc[k], f0[k], err_msg=str(k))
     else:
       moved += not np.array_equal(fa[k], f0[k])
-      tol = 4e-3 if k.endswith(".k_proj.bias") else 3e-4  # Adam on ~zero gradients: see train_test.assert_params
+      tol = 4e-3 if k.endswith(".k_proj.bias") else 3e-4  # Adam on ~zero gradients: see conftest.assert_params
       np.testing.assert_allclose(fc[k], fa[k], atol=tol, rtol=0, err_msg=str(k))
   assert moved > 0
   # No optimizer moments for the frozen encoders.
