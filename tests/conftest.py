@@ -66,8 +66,8 @@ def run_config(train_dir, val_dir="", *, window_frames, **overrides):
   return loop.apply_overrides(c, overrides)
 
 
-# The test files that take longest, scheduled first: `pytest -n 2 --dist loadfile` (pyproject.toml)
-# hands whole files to its workers in collection order, so a long file collected last (they
+# The test files that take longest, scheduled first: `--dist loadfile` (pyproject.toml) hands
+# whole files to the pytest-xdist workers in collection order, so a long file collected last (they
 # are alphabetical) would run alone at the end.
 FIRST = ("train_test.py", "train_multihost_test.py", "quickstart_test.py", "aot_test.py", "new_user_test.py",
          "feature_cache_test.py")

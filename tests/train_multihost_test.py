@@ -1,13 +1,11 @@
 """Training as separate processes through `experiments.train`: SIGTERM saves and exits 0; 2 hosts
 x 4 CPU devices (gloo) preempt together, resume, and match 1 host x 8 devices."""
 
-import pathlib
-
 import numpy as np
 
 from dualtalk_jax import checkpoint
 from dualtalk_jax.train import builder
-from conftest import assert_params, train_config, train_run
+from conftest import ROOT, assert_params, train_config, train_run
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(data_dirs, tmp_path):
@@ -15,13 +13,12 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(data_dirs, tmp_path):
   import subprocess
   import sys
 
-  root = pathlib.Path(__file__).resolve().parents[1]
   args = [sys.executable, "-m", "experiments.train", "--config=experiments/configs/quickstart.py", f"--workdir={tmp_path / 'w'}",
           "--config.synthetic.enabled=False", f"--config.data.train_dir={data_dirs['train']}", "--config.data.val_dir=",
           "--config.data.window_frames=25", "--config.data.thread_count=0", "--config.batch_size=8", "--config.total_steps=100000",
           "--config.checkpoint_every=100000", "--config.log_every=1", "--config.eval_every=0", "--config.progress_bar=False",
           "--config.mesh.num_devices=1"]
-  proc = subprocess.Popen(args, cwd=root, stderr=subprocess.PIPE, text=True)
+  proc = subprocess.Popen(args, cwd=ROOT, stderr=subprocess.PIPE, text=True)
   for line in proc.stderr:
     if "step 3:" in line:
       proc.send_signal(signal.SIGTERM)
@@ -49,7 +46,6 @@ def _launch_two_hosts(data_dirs, workdir, log_dir, *flags):
   import subprocess
   import sys
 
-  root = pathlib.Path(__file__).resolve().parents[1]
   common = ["--config=experiments/configs/quickstart.py", "--config.synthetic.enabled=False",
             f"--config.data.train_dir={data_dirs['train']}", f"--config.data.val_dir={data_dirs['val']}",
             "--config.data.window_frames=25", "--config.data.thread_count=0", "--config.batch_size=8",
@@ -62,7 +58,7 @@ def _launch_two_hosts(data_dirs, workdir, log_dir, *flags):
     log = open(log_dir / f"host{i}.log", "w")
     procs.append(subprocess.Popen([sys.executable, "-m", "experiments.train", *common, *flags,
                                    f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
-                                  cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT))
+                                  cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
     log.close()
   return procs
 
