@@ -91,7 +91,7 @@ def make_batch(cfg, batch: int, frames: int, clip, seed: int = 0) -> dict:
 class JaxRunner:
   """The real jitted train step on its own state (donated and replaced every step)."""
 
-  def __init__(self, cfg, holder: list, batch, *, dtype, seed):
+  def __init__(self, cfg, holder: list, batch, *, dtype, seed, prng_impl):
     """`holder`: [initial params]; emptied once the state holds its own copy (saves a params' worth of memory)."""
     import jax
     import jax.numpy as jnp
@@ -105,7 +105,7 @@ class JaxRunner:
     self.state = jax.jit(lambda p: step_lib.train_state(tx, p))(holder.pop())
     gc.collect()
     self.batch = jax.device_put(batch)
-    fn = step_lib.make_train_step(self.model_def, tx, seed=seed)
+    fn = step_lib.make_train_step(self.model_def, tx, seed=seed, prng_impl=prng_impl)
     t0 = time.perf_counter()
     traced = fn.trace(self.state, self.batch)
     self.compiled = traced.lower().compile()
@@ -190,6 +190,8 @@ def main():
   ap.add_argument("--peak_tflops", type=float, default=0.0, help="device peak for MFU (default: from the device kind)")
   ap.add_argument("--samples_dir", default=SAMPLES_DIR)
   ap.add_argument("--seed", type=int, default=0)
+  ap.add_argument("--prng_impl", default="rbg", choices=["rbg", "threefry2x32"],
+                  help="the step's dropout/SpecAugment/LayerDrop PRNG (config.prng_impl)")
   args = ap.parse_args()
 
   import jax
@@ -240,7 +242,7 @@ def main():
         f"~{need / 2**30:.1f} GiB per framework)")
 
   def run_jax():
-    r = JaxRunner(cfg, holder, batch, dtype=args.dtype, seed=args.seed)
+    r = JaxRunner(cfg, holder, batch, dtype=args.dtype, seed=args.seed, prng_impl=args.prng_impl)
     flops = f", {r.flops / 1e9:.1f} GFLOP per step (aot.jaxpr_flops)" if r.flops else ""
     print(f"JAX: compile {r.compile_s:.1f} s{flops}", flush=True)
     return r

@@ -41,6 +41,25 @@ def test_tiny_train_step_compiles_for_v5e_2x2():
   assert "fits" in aot.format_result(r) and "v5litepod-4" in aot.table_row(r)
 
 
+def test_the_train_step_draws_dropout_with_the_configured_prng():
+  """`config.prng_impl`: "auto" draws with XLA's RngBitGenerator on TPU (hardware RNG; a
+  faster compile than inlined Threefry hashes) and with Threefry on CPU."""
+  _require_libtpu()
+  c = dualtalk_configs.get_config("large")
+  c.model, c.batch_size, c.data.window_frames = "tiny", 4, 10
+  tpu = aot.get_topology("v5e:2x2").devices
+  for impl, devices, want in (("auto", tpu, True), ("auto", jax.devices()[:1], False), ("threefry2x32", tpu, False)):
+    c.prng_impl = impl
+    _, train_step, _, state, batch, _ = aot.build(c, devices)
+    text = train_step.trace(state, batch).lower().as_text()
+    assert ("rng_bit_generator" in text) == want, (impl, devices[0].platform)
+
+
+def test_unknown_prng_impl_is_rejected():
+  with pytest.raises(ValueError, match="prng_impl='philox'"):
+    step_lib.prng_impl_for("philox", "cpu")
+
+
 def test_unknown_remat_policy_is_rejected():
   with pytest.raises(ValueError, match="remat"):
     nnx.eval_shape(lambda: DualTalk(CONFIGS["tiny"], rngs=make_rngs(0), remat="save_everything"))

@@ -137,8 +137,30 @@ def batch_loss(model: DualTalk, batch: dict, *, feature_cache: bool = False):
   return dualtalk_loss(pred, batch["motion_self"], mask)
 
 
+PRNG_IMPLS = ("threefry2x32", "rbg")
+
+
+def prng_impl_for(name: str, platform: str) -> str:
+  """`config.prng_impl` -> the step's `jax.random` implementation on devices of `platform`.
+
+  "auto" is "rbg" on TPU and "threefry2x32" elsewhere. "rbg" draws the bits with XLA's
+  RngBitGenerator, which a TPU runs in hardware, instead of inlining a Threefry hash per
+  dropout: the large recipe's bfloat16 step for v5e:4x4 compiles in 110 s instead of
+  138-155 s (docs/aot_table.md). On CPU the expanded RngBitGenerator is slower than
+  Threefry (11.0 s against 9.9-10.1 s per large step, `benchmarks/train_step.py
+  --prng_impl`). Both give the same draws on any sharding of the batch; only
+  "threefry2x32" gives them on every platform.
+  """
+  if name == "auto":
+    return "rbg" if platform == "tpu" else "threefry2x32"
+  if name not in PRNG_IMPLS:
+    raise ValueError(f"config.prng_impl={name!r}: use 'auto' or one of {PRNG_IMPLS}")
+  return name
+
+
 def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, *, seed: int, grad_accum: int = 1,
-                    mesh: Mesh | None = None, state_shardings=None, feature_cache: bool = False) -> Callable:
+                    mesh: Mesh | None = None, state_shardings=None, feature_cache: bool = False,
+                    prng_impl: str = "threefry2x32") -> Callable:
   """jit(state, batch) -> (state, metrics), with state = {'step', 'params', 'opt_state'}.
 
   The global batch is split into `grad_accum` micro-batches whose gradients are averaged
@@ -146,11 +168,14 @@ def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, *, se
   in/out shardings and donates the old state. `feature_cache`: batches hold cached
   wav2vec2 features (`FEATURE_BATCH_NDIM`) instead of audio; needs a frozen-encoder
   `model_def`.
+
+  `prng_impl`: the `jax.random` implementation of the step's dropout, SpecAugment and
+  LayerDrop draws (`prng_impl_for` picks it from `config.prng_impl`).
   """
   if feature_cache and not model_def.frozen_encoders:
     raise ValueError("cached wav2vec2 features need the frozen wav2vec2 mode (ModelDef(frozen_encoders=True))")
   keys = batch_ndim(feature_cache)
-  base_key = jax.random.key(seed)
+  base_key = jax.random.key(seed, impl=prng_impl)
 
   def micro_loss(params, micro, key):
     model = model_def.merge(params, train=True)
