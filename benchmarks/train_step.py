@@ -105,7 +105,8 @@ class JaxRunner:
     self.state = jax.jit(lambda p: step_lib.train_state(tx, p))(holder.pop())
     gc.collect()
     self.batch = jax.device_put(batch)
-    fn = step_lib.make_train_step(self.model_def, tx, seed=seed, prng_impl=prng_impl)
+    fn = step_lib.make_train_step(self.model_def, tx, seed=seed,
+                                  prng_impl=step_lib.prng_impl_for(prng_impl, jax.devices()[0].platform))
     t0 = time.perf_counter()
     traced = fn.trace(self.state, self.batch)
     self.compiled = traced.lower().compile()
@@ -190,8 +191,8 @@ def main():
   ap.add_argument("--peak_tflops", type=float, default=0.0, help="device peak for MFU (default: from the device kind)")
   ap.add_argument("--samples_dir", default=SAMPLES_DIR)
   ap.add_argument("--seed", type=int, default=0)
-  ap.add_argument("--prng_impl", default="rbg", choices=["rbg", "threefry2x32"],
-                  help="the step's dropout/SpecAugment/LayerDrop PRNG (config.prng_impl)")
+  ap.add_argument("--prng_impl", default="auto", choices=["auto", "rbg", "threefry2x32"],
+                  help="the step's dropout/SpecAugment/LayerDrop PRNG (config.prng_impl; auto: rbg on TPU)")
   args = ap.parse_args()
 
   import jax

@@ -146,8 +146,8 @@ def prng_impl_for(name: str, platform: str) -> str:
   "auto" is "rbg" on TPU and "threefry2x32" elsewhere. "rbg" draws the bits with XLA's
   RngBitGenerator, which a TPU runs in hardware, instead of inlining a Threefry hash per
   dropout: the large recipe's bfloat16 step for v5e:4x4 compiles in 110 s instead of
-  138-155 s (docs/aot_table.md). On CPU the expanded RngBitGenerator is slower than
-  Threefry (11.0 s against 9.9-10.1 s per large step, `benchmarks/train_step.py
+  138-155 s (docs/aot_table.md). On CPU the expanded RngBitGenerator is no faster than
+  Threefry (a median 11.0 s against 10.0 s per large step, `benchmarks/train_step.py
   --prng_impl`). Both give the same draws on any sharding of the batch; only
   "threefry2x32" gives them on every platform.
   """
