@@ -35,7 +35,7 @@ def base(model: str = "large") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   # PRNG of the training step's dropout/SpecAugment/LayerDrop draws: "auto" (rbg on TPU, where
-  # XLA's RngBitGenerator compiles and runs faster; threefry2x32 elsewhere), "rbg", "threefry2x32"
+  # XLA's RngBitGenerator compiles faster; threefry2x32 elsewhere), "rbg", "threefry2x32"
   c.prng_impl = "auto"
   c.model = model
   c.wav2vec2_config = ""  # a HF config.json replacing the model's wav2vec2 part
