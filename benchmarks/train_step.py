@@ -105,8 +105,7 @@ class JaxRunner:
     self.state = jax.jit(lambda p: step_lib.train_state(tx, p))(holder.pop())
     gc.collect()
     self.batch = jax.device_put(batch)
-    fn = step_lib.make_train_step(self.model_def, tx, seed=seed,
-                                  prng_impl=step_lib.prng_impl_for(prng_impl, jax.devices()[0].platform))
+    fn = step_lib.make_train_step(self.model_def, tx, seed=seed, prng_impl=prng_impl)
     t0 = time.perf_counter()
     traced = fn.trace(self.state, self.batch)
     self.compiled = traced.lower().compile()

@@ -162,7 +162,7 @@ def build(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | Non
   cached = uses_feature_cache(config)
   train_step = step_lib.make_train_step(model_def, tx, seed=config.seed, grad_accum=config.grad_accum, mesh=mesh,
                                         state_shardings=shardings, feature_cache=cached,
-                                        prng_impl=step_lib.prng_impl_for(config.prng_impl, devices[0].platform))
+                                        prng_impl=config.prng_impl)
   eval_step = step_lib.make_eval_step(model_def, mesh=mesh, param_shardings=shardings["params"])
   return Program(config, cfg, mesh, model_def, tx, step_lib.learning_rate_schedule(ocfg), shardings, train_step,
                  eval_step, cached)

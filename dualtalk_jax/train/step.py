@@ -160,7 +160,7 @@ def prng_impl_for(name: str, platform: str) -> str:
 
 def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, *, seed: int, grad_accum: int = 1,
                     mesh: Mesh | None = None, state_shardings=None, feature_cache: bool = False,
-                    prng_impl: str = "threefry2x32") -> Callable:
+                    prng_impl: str = "auto") -> Callable:
   """jit(state, batch) -> (state, metrics), with state = {'step', 'params', 'opt_state'}.
 
   The global batch is split into `grad_accum` micro-batches whose gradients are averaged
@@ -169,13 +169,14 @@ def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, *, se
   wav2vec2 features (`FEATURE_BATCH_NDIM`) instead of audio; needs a frozen-encoder
   `model_def`.
 
-  `prng_impl`: the `jax.random` implementation of the step's dropout, SpecAugment and
-  LayerDrop draws (`prng_impl_for` picks it from `config.prng_impl`).
+  `prng_impl` (`config.prng_impl`): the `jax.random` implementation of the step's dropout,
+  SpecAugment and LayerDrop draws, "auto" resolved for the mesh's devices (`prng_impl_for`).
   """
   if feature_cache and not model_def.frozen_encoders:
     raise ValueError("cached wav2vec2 features need the frozen wav2vec2 mode (ModelDef(frozen_encoders=True))")
   keys = batch_ndim(feature_cache)
-  base_key = jax.random.key(seed, impl=prng_impl)
+  platform = (mesh.devices.flat[0] if mesh is not None else jax.devices()[0]).platform
+  base_key = jax.random.key(seed, impl=prng_impl_for(prng_impl, platform))
 
   def micro_loss(params, micro, key):
     model = model_def.merge(params, train=True)
