@@ -51,7 +51,10 @@ def _launch_two_hosts(data_dirs, workdir, log_dir, *flags):
             "--config.data.window_frames=25", "--config.data.thread_count=0", "--config.batch_size=8",
             "--config.checkpoint_every=100000", "--config.log_every=1", "--config.eval_every=1",
             "--config.progress_bar=False", "--config.mesh.fsdp=2", f"--workdir={workdir}"]
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+  # The suite's XLA flags (conftest: -O0 for the fast suite) with 4 devices per process instead of 8.
+  xla_flags = os.environ["XLA_FLAGS"].replace("--xla_force_host_platform_device_count=8",
+                                              "--xla_force_host_platform_device_count=4")
+  env = dict(os.environ, XLA_FLAGS=xla_flags, JAX_PLATFORMS="cpu")
   port = _free_port()
   procs = []
   for i in range(2):
@@ -88,6 +91,8 @@ def test_two_hosts_preempt_together_resume_and_match_one_host(data_dirs, tmp_pat
 
   work, logs_dir = tmp_path / "multi", tmp_path / "logs"
   logs_dir.mkdir()
+  resume_logs_dir = logs_dir / "resume"
+  resume_logs_dir.mkdir()
   procs = _launch_two_hosts(data_dirs, work, logs_dir, "--config.total_steps=100000")
   deadline = time.time() + 600
   while "step 2:" not in (logs_dir / "host1.log").read_text():
@@ -102,8 +107,8 @@ def test_two_hosts_preempt_together_resume_and_match_one_host(data_dirs, tmp_pat
   assert ckpt.latest_step() == step
   ckpt.close()
 
-  procs = _launch_two_hosts(data_dirs, work, logs_dir, f"--config.total_steps={step + 1}")
-  logs = _wait_all(procs, logs_dir)
+  procs = _launch_two_hosts(data_dirs, work, resume_logs_dir, f"--config.total_steps={step + 1}")
+  logs = _wait_all(procs, resume_logs_dir)
   assert all(f"resumed from {work / 'checkpoints'} step {step}" in log for log in logs)
   multi = json.loads((work / "last_metrics.json").read_text())
   assert multi["step"] == step + 1
