@@ -51,11 +51,13 @@ def host_reads_disallowed():
 def straight(data_dirs, tmp_path_factory):
   """4 steps on all 8 devices (mesh data=4 x fsdp=2), uninterrupted, logging at steps 2 and 4, all of it
   under `host_reads_disallowed`: only the loop's sync points (set-up, log/checkpoint steps, the end)
-  may read the device, steps 1 and 3 may not."""
+  may read the device, steps 1 and 3 may not. (final metrics, host params, its workdir: checkpoints
+  of steps 2 and 4)."""
   config = train_config(data_dirs, total_steps=4, log_every=2, **{"mesh.data": 4, "mesh.fsdp": 2})
+  workdir = tmp_path_factory.mktemp("straight")
   with host_reads_disallowed():
-    out = loop.train_and_evaluate(config, str(tmp_path_factory.mktemp("straight")))
-  return out["metrics"], step_lib.host_params(out["state"])
+    out = loop.train_and_evaluate(config, str(workdir))
+  return out["metrics"], step_lib.host_params(out["state"]), workdir
 
 
 def test_steps_between_log_steps_read_nothing_from_the_device(straight):
@@ -71,7 +73,7 @@ def test_steps_between_log_steps_read_nothing_from_the_device(straight):
 def test_one_and_eight_devices_give_the_same_training(data_dirs, tmp_path, straight):
   assert jax.device_count() == 8
   m1, p1 = train_run(data_dirs, tmp_path / "one", total_steps=4, **{"mesh.num_devices": 1})
-  m8, p8 = straight
+  m8, p8, _ = straight
   for k in ("loss", "loss_exp", "loss_jaw", "loss_neck", "loss_velocity"):
     np.testing.assert_allclose(m1[k], m8[k], rtol=1e-5)
   assert_params(p1, p8, exact=False)
@@ -96,7 +98,11 @@ def test_resume_equals_straight_run_exactly_even_from_a_damaged_checkpoint(data_
 
 
 def test_restore_onto_a_different_mesh(data_dirs, tmp_path, straight):
-  train_run(data_dirs, tmp_path / "moved", total_steps=2, **{"mesh.data": 1, "mesh.fsdp": 8})
+  """The straight run's step-2 checkpoint (8 devices, data=4 x fsdp=2) resumed on 4 devices, fsdp=4."""
+  import shutil
+
+  shutil.copytree(straight[2], tmp_path / "moved")
+  shutil.rmtree(tmp_path / "moved" / "checkpoints" / "4")
   metrics, moved = train_run(data_dirs, tmp_path / "moved", total_steps=4, **{"mesh.num_devices": 4, "mesh.data": 1, "mesh.fsdp": 4})
   assert metrics["step"] == 4
   np.testing.assert_allclose(metrics["loss"], straight[0]["loss"], rtol=1e-5)
