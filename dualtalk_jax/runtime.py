@@ -23,6 +23,12 @@ conftest) calls `configure()` first thing, before any jax computation:
   item path: the data itself is checked on restore), and its warning, on restoring only
   the params of a training checkpoint, that the other items were not restored. Every other
   warning still shows.
+- Callbacks of abandoned checkpoint reads (`drop_closed_loop_callbacks`): when a restore
+  fails on a damaged checkpoint (the loop falls back to the newest complete one), orbax
+  closes its asyncio loop while tensorstore still completes the other reads, and each
+  late completion reports "RuntimeError: Event loop is closed" through
+  `sys.unraisablehook`: some 350 tracebacks after the one clear warning. Only those are
+  dropped; every other unraisable exception reaches the previous hook.
 """
 
 from __future__ import annotations
@@ -83,9 +89,37 @@ def quiet_logs() -> None:
       lg.addFilter(_FILTER)
 
 
+def is_closed_loop_callback(args) -> bool:
+  """Whether an unraisable exception (`sys.UnraisableHookArgs`) is a completion callback
+  that found its asyncio loop closed: `RuntimeError('Event loop is closed')` raised by the
+  loop's `_check_closed`, with no object to attribute it to."""
+  if args.exc_type is not RuntimeError or str(args.exc_value) != "Event loop is closed" or args.object is not None:
+    return False
+  tb = args.exc_traceback
+  while tb is not None and tb.tb_next is not None:
+    tb = tb.tb_next
+  return tb is not None and tb.tb_frame.f_code.co_name == "_check_closed" and "asyncio" in tb.tb_frame.f_code.co_filename
+
+
+def drop_closed_loop_callbacks() -> None:
+  """Wraps `sys.unraisablehook` to drop `is_closed_loop_callback` reports (idempotent)."""
+  import sys
+
+  previous = sys.unraisablehook
+  if getattr(previous, "drops_closed_loop_callbacks", False):
+    return
+
+  def hook(args):
+    if not is_closed_loop_callback(args):
+      previous(args)
+
+  hook.drops_closed_loop_callbacks = True
+  sys.unraisablehook = hook
+
+
 def configure() -> None:
   """What every entry point does first: the XLA CPU workaround, partitionable random
-  numbers, the heap settings and quiet logs."""
+  numbers, the heap settings, quiet logs and no reports from abandoned checkpoint reads."""
   import jax
 
   from dualtalk_jax import hostmem
@@ -94,3 +128,4 @@ def configure() -> None:
   jax.config.update("jax_threefry_partitionable", True)
   hostmem.tune_malloc()
   quiet_logs()
+  drop_closed_loop_callbacks()

@@ -22,6 +22,7 @@ def snapshot():
       "malloc_tuned": hostmem.tuned(),
       "logging": [(lg.name, lg.level, len(lg.filters), len(lg.handlers)) for lg in loggers],
       "signals": {s.name: repr(signal.getsignal(s)) for s in (signal.SIGTERM, signal.SIGINT)},
+      "unraisablehook": repr(sys.unraisablehook),
   }
 
 # third-party import effects are not the library's (orbax adds a root log handler)
@@ -50,3 +51,38 @@ def test_importing_every_module_changes_nothing():
   configured = r["configured"]
   assert "--xla_cpu_enable_concurrency_optimized_scheduler=false" in configured["env"]["XLA_FLAGS"]
   assert configured["malloc_tuned"] and configured["logging"] != r["before"]["logging"]
+  assert configured["unraisablehook"] != r["before"]["unraisablehook"]
+
+
+def test_only_callbacks_on_a_closed_event_loop_are_dropped(monkeypatch):
+  """What a tensorstore read that completes after a failed restore reports (its callback finds
+  orbax's loop closed) is dropped; any other unraisable exception reaches the previous hook."""
+  import asyncio
+  import types
+
+  from dualtalk_jax import runtime
+
+  def unraisable(fn, obj=None):
+    try:
+      fn()
+    except Exception as e:  # noqa: BLE001
+      return types.SimpleNamespace(exc_type=type(e), exc_value=e, exc_traceback=e.__traceback__, err_msg=None,
+                                   object=obj)
+    raise AssertionError("no exception")
+
+  loop = asyncio.new_event_loop()
+  loop.close()
+  late = unraisable(lambda: loop.call_soon_threadsafe(print))
+  assert runtime.is_closed_loop_callback(late)
+
+  def closed():
+    raise RuntimeError("Event loop is closed")  # the same text, not raised by a closed loop
+
+  seen = []
+  monkeypatch.setattr(sys, "unraisablehook", seen.append)
+  runtime.drop_closed_loop_callbacks()
+  runtime.drop_closed_loop_callbacks()  # idempotent: one wrapper
+  others = [unraisable(closed), unraisable(lambda: 1 / 0), unraisable(lambda: loop.call_soon_threadsafe(print), obj=loop)]
+  for args in [late, *others]:
+    sys.unraisablehook(args)
+  assert seen == others
