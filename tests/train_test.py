@@ -56,8 +56,8 @@ MESH = {"mesh.data": 4, "mesh.fsdp": 2}
 def straight(data_dirs, tmp_path_factory):
   """4 steps on all 8 devices (mesh data=4 x fsdp=2), uninterrupted, logging at steps 2 and 4, all of it
   under `host_reads_disallowed`: only the loop's sync points (set-up, log/checkpoint steps, the end)
-  may read the device, steps 1 and 3 may not. (final metrics, host params, its workdir: checkpoints
-  of steps 2 and 4)."""
+  may read the device, steps 1 and 3 may not. Returns (final metrics, host params, workdir); the
+  workdir holds the checkpoints of steps 2 and 4."""
   config = train_config(data_dirs, total_steps=4, log_every=2, **MESH)
   workdir = tmp_path_factory.mktemp("straight")
   with host_reads_disallowed():
@@ -84,9 +84,11 @@ def test_one_and_eight_devices_give_the_same_training(data_dirs, tmp_path, strai
   assert_params(p1, p8, exact=False)
 
 
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
 def test_resume_equals_straight_run_exactly_even_from_a_damaged_checkpoint(data_dirs, tmp_path, straight):
   """Steps 1-3 saved, then a file of step 3 truncated (a disk fault after the save): the resumed
-  run names step 3, sets it aside, restarts from step 2 and ends exactly where a straight run does."""
+  run names step 3, sets it aside, restarts from step 2 and ends exactly where a straight run does,
+  and the failed restore's late reads report nothing (conftest: as in the entry points)."""
   first, _ = train_run(data_dirs, tmp_path / "resumed", total_steps=3, checkpoint_every=1, **MESH)
   assert first["step"] == 3
   step3 = tmp_path / "resumed" / "checkpoints" / "3"
