@@ -43,8 +43,8 @@ def pytest_configure(config):
   run with the level in `XLA_FLAGS`. Set before jax creates its CPU client (the first
   computation); the CLIs the tests start inherit it."""
   runtime.drop_closed_loop_callbacks()
-  if config.option.markexpr.strip() == "not slow" and "--xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
-    os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
+  if config.option.markexpr.strip() == "not slow":
+    runtime.add_xla_flags("--xla_backend_optimization_level=0")  # unless XLA_FLAGS sets a level
 
 
 def perturbed_model(cfg=None, seed=0, scale=0.05):
