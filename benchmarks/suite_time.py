@@ -1,8 +1,8 @@
 """Benchmark: the fast test suite's time in this working tree against a reference commit, same session.
 
 The suite's time moves with the machine's speed on the day (the same commit's suite, 151
-tests of 55bd6c9, took 9 min of pytest on this project's 2-core VM on 2026-11-30 and 23 min
-on 2026-12-03), so two commits are compared only in one run of this script, one after the other.
+tests of 55bd6c9, took 9 min of pytest on this project's 2-core VM on 2026-11-30 and 21-23
+min on 2026-12-03), so two commits are compared only in one run of this script, one after the other.
 
 The reference commit is checked out into a temporary git worktree (`../shared` linked beside
 it, as tests expect) and its suite runs first; then this working tree's, as it is
