@@ -23,11 +23,8 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from benchmarks.inference import load_avg  # noqa: E402
 from dualtalk_jax.face import arkit, flame, render, synthetic  # noqa: E402
-
-
-def load():
-  return "load average %.2f %.2f %.2f (%d CPUs)" % (*os.getloadavg(), os.cpu_count())
 
 
 def talking_motion(rng, frames):
@@ -54,14 +51,14 @@ def bench_render(args):
     out = os.path.join(d, "bench.mp4")
     render.render_video(out, model, [render.Speaker(s.params.slice(0, 30), None) for s in speakers],
                         size=args.size, progress=False)  # warm-up: compiles, GL shaders
-    print("before timing:", load())
+    print("before timing:", load_avg())
     t0, c0 = time.perf_counter(), time.process_time()
     r = render.render_video(out, model, speakers, size=args.size, progress=False, preset=args.preset)
     total, cpu = time.perf_counter() - t0, time.process_time() - c0
     size_mb = os.path.getsize(out) / 2 ** 20
   fps = frames / total
   print(f"end to end: {total:.2f} s = {fps:.1f} frames/s ({fps / 25:.2f}x real time), renderer {r['renderer']}, "
-        f"{size_mb:.1f} MiB; after: {load()}")
+        f"{size_mb:.1f} MiB; after: {load_avg()}")
   # CPU time of all the process's threads (XLA, llvmpipe, x264): what a frame costs whatever else
   # runs on the machine. 1 / (CPU time per frame) is the rate on ONE idle core with no overlap.
   print(f"CPU time: {1e3 * cpu / frames:.1f} ms per frame (all threads) -> >= {frames / cpu:.1f} frames/s "
@@ -103,7 +100,7 @@ def bench_render(args):
   print(f"stages per frame (both faces, {n} frames), wall / CPU: FLAME + normals {1e3 * t_flame:.1f} / "
         f"{1e3 * c_flame:.1f} ms, GL draw + read {1e3 * t_draw:.1f} / {1e3 * c_draw:.1f} ms, H.264 ({args.preset}) "
         f"{1e3 * t_enc:.1f} / {1e3 * c_enc:.1f} ms; sum {1e3 * (t_flame + t_draw + t_enc):.1f} / "
-        f"{1e3 * (c_flame + c_draw + c_enc):.1f} ms (the pipeline overlaps encoding with drawing); {load()}")
+        f"{1e3 * (c_flame + c_draw + c_enc):.1f} ms (the pipeline overlaps encoding with drawing); {load_avg()}")
 
 
 def bench_arkit(args):
@@ -116,7 +113,7 @@ def bench_arkit(args):
   y = w @ m + rng.normal(0, 0.05, (args.arkit_frames, 53))
   mapping = arkit.Mapping(m, arkit.MAPPING_NAMES)
   arkit.solve(y, mapping)  # compile
-  print("arkit, before timing:", load())
+  print("arkit, before timing:", load_avg())
   t0 = time.perf_counter()
   est, info = arkit.solve(y, mapping)
   t_ours = time.perf_counter() - t0
@@ -127,7 +124,7 @@ def bench_arkit(args):
   ours_fps, ref_fps = args.arkit_frames / t_ours, k / t_ref
   print(f"arkit: ADMM {args.arkit_frames} frames in {t_ours:.3f} s = {ours_fps:,.0f} frames/s "
         f"({info.iterations} iterations); scipy lsq_linear per frame {ref_fps:,.0f} frames/s; "
-        f"ratio {ours_fps / ref_fps:.1f}x; max |diff| {np.abs(est[:k] - ref).max():.1e}; {load()}")
+        f"ratio {ours_fps / ref_fps:.1f}x; max |diff| {np.abs(est[:k] - ref).max():.1e}; {load_avg()}")
   t0 = time.perf_counter()
   arkit.solve(y, mapping, smooth=1.0, symmetry=0.1, l2=0.01)
   print(f"arkit with smoothing + symmetry + L2: {args.arkit_frames / (time.perf_counter() - t0):,.0f} frames/s "

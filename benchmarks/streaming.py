@@ -44,12 +44,9 @@ import numpy as np
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
+from benchmarks.inference import load_avg  # noqa: E402
 
 DEMO = "/work/shared/samples/dualtalk_demo/UbjUDM1MiGE_sub_video_72_"
-
-
-def load_avg() -> str:
-  return "load average %.2f %.2f %.2f (%d CPUs)" % (*os.getloadavg(), os.cpu_count())
 
 
 def floats(s: str) -> list[float]:

@@ -28,13 +28,15 @@ import tempfile
 import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, ROOT)
+from benchmarks.inference import load_avg  # noqa: E402
+
 SUMMARY = re.compile(r"(\d+) passed.* in ([\d.]+)s")
 
 
 def run_suite(label: str, cwd: str) -> dict:
   """The README's test command in `cwd`: its summary line's figures, wall and CPU time."""
-  print(f"[{label}] {cwd}: python -m pytest -q -p no:cacheprovider; load average before "
-        f"{'%.2f %.2f %.2f' % os.getloadavg()}", flush=True)
+  print(f"[{label}] {cwd}: python -m pytest -q -p no:cacheprovider; before: {load_avg()}", flush=True)
   before = resource.getrusage(resource.RUSAGE_CHILDREN)
   start = time.monotonic()
   proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=cwd,
@@ -47,7 +49,7 @@ def run_suite(label: str, cwd: str) -> dict:
     raise SystemExit(f"[{label}] the suite in {cwd} failed (exit {proc.returncode}):\n{proc.stdout[-4000:]}")
   passed, pytest_s = int(found[-1][0]), float(found[-1][1])
   print(f"[{label}] {passed} passed, pytest {pytest_s:.0f} s ({pytest_s / 60:.1f} min), wall {wall:.0f} s, "
-        f"CPU {cpu:.0f} s; load average after {'%.2f %.2f %.2f' % os.getloadavg()}", flush=True)
+        f"CPU {cpu:.0f} s; after: {load_avg()}", flush=True)
   return {"passed": passed, "pytest_s": pytest_s, "wall_s": wall, "cpu_s": cpu}
 
 
@@ -60,7 +62,7 @@ def main(argv=None) -> None:
   if rev.returncode != 0:
     raise SystemExit(f"--reference={args.reference}: not a commit of {ROOT}: {rev.stderr.strip()}")
   commit = rev.stdout.strip()
-  print(f"{os.cpu_count()} CPUs; reference {commit[:12]}, then the working tree {ROOT}", flush=True)
+  print(f"reference {commit[:12]}, then the working tree {ROOT}", flush=True)
   tmp = tempfile.mkdtemp(prefix="suite_time_")
   tree = os.path.join(tmp, "repo")
   try:
