@@ -151,12 +151,16 @@ WAV2VEC2_TINY_BASE = dataclasses.replace(WAV2VEC2_TINY, feat_extract_norm="group
 class DualTalkConfig:
   """The DualTalk model around two wav2vec2 encoders (names follow the released code).
 
-  Two fields leave the released architecture (both off in `large` and `base`):
-  `ablation` names one of the paper's Tab. 6 ablations (`ABLATIONS`), and
+  Three fields leave the released architecture (all at the released value in `large` and
+  `base`): `ablation` names one of the paper's Tab. 6 ablations (`ABLATIONS`);
   `interaction_residual` adds a residual connection around
   `interaction_module.self_attention` (x + Dropout(SelfAttention(x)); the released module
   returns the attention output alone, so every output frame is an attention average over
-  the whole window). Only the released architecture exports to PyTorch.
+  the whole window); `feature_projection_layer_norm=False` drops the LayerNorm of both
+  wav2vec2 encoders' `feature_projection` (its params are absent), which normalises every
+  conv frame over its channels and so removes the frame's loudness (the quickstart's
+  encoder, trained from scratch, follows the speech envelope better without it:
+  docs/ablation.md). Only the released architecture exports to PyTorch.
   """
 
   wav2vec2: Wav2Vec2Config = WAV2VEC2_LARGE_LV60
@@ -177,6 +181,7 @@ class DualTalkConfig:
   fps: int = 25
   ablation: str = ""  # a key of ABLATIONS; "" = the released model
   interaction_residual: bool = False  # not released: residual around interaction_module.self_attention
+  feature_projection_layer_norm: bool = True  # False (not released): no wav2vec2 feature_projection.layer_norm
   # Param layout of the two wav2vec2 encoders' layer stacks: True = one stacked module
   # per encoder, run as a scan (`encoder.layers.<param>`, leading layer axis); False = a list
   # of layers (`encoder.layers.{i}.<param>`), for debugging. Same values either way;
@@ -192,8 +197,19 @@ class DualTalkConfig:
 
   @property
   def is_released(self) -> bool:
-    """Whether this is the released architecture (no ablation, no added residual)."""
-    return not self.ablation and not self.interaction_residual
+    """Whether this is the released architecture (no ablation, no added residual, the
+    wav2vec2 feature-projection LayerNorm in place)."""
+    return not self.ablation and not self.interaction_residual and self.feature_projection_layer_norm
+
+  @property
+  def unreleased_parts(self) -> list[str]:
+    """The options that leave the released architecture, for messages (empty when released)."""
+    parts = [f"ablation {self.ablation!r}"] if self.ablation else []
+    if self.interaction_residual:
+      parts.append("interaction_residual=True")
+    if not self.feature_projection_layer_norm:
+      parts.append("feature_projection_layer_norm=False")
+    return parts
 
   @property
   def uses_wav2vec2(self) -> bool:
@@ -245,12 +261,14 @@ CONFIGS["tiny_base"] = dataclasses.replace(CONFIGS["tiny"], wav2vec2=WAV2VEC2_TI
 
 
 def get_model_config(name: str, wav2vec2_config: str | None = None, *, ablation: str = "",
-                     interaction_residual: bool = False) -> DualTalkConfig:
+                     interaction_residual: bool = False, feature_projection_layer_norm: bool = True) -> DualTalkConfig:
   """Named config, optionally with its wav2vec2 part read from a HF `config.json`, an
-  ablation (`ABLATIONS`) and the interaction residual."""
+  ablation (`ABLATIONS`), the interaction residual and without the wav2vec2
+  feature-projection LayerNorm."""
   if name not in CONFIGS:
     raise ValueError(f"unknown model config {name!r}; choose from {sorted(CONFIGS)}")
   cfg = CONFIGS[name]
   if wav2vec2_config:
     cfg = dataclasses.replace(cfg, wav2vec2=Wav2Vec2Config.from_json(wav2vec2_config))
-  return dataclasses.replace(cfg, ablation=ablation, interaction_residual=bool(interaction_residual))
+  return dataclasses.replace(cfg, ablation=ablation, interaction_residual=bool(interaction_residual),
+                             feature_projection_layer_norm=bool(feature_projection_layer_norm))

@@ -152,6 +152,47 @@ def test_checkpoint_records_its_ablation_and_export_refuses_it(tmp_path):
     pytorch.params_to_state_dict(params_lib.of(DualTalk(res, rngs=make_rngs(0))), res)
 
 
+def test_feature_projection_layer_norm_off_drops_its_params_and_is_not_released(tmp_path):
+  from dualtalk_jax.train import builder, configs, quickstart
+
+  off = get_model_config("tiny", feature_projection_layer_norm=False)
+  assert not off.is_released and off.unreleased_parts == ["feature_projection_layer_norm=False"]
+  assert DualTalkConfig.from_dict(off.to_dict()) == off  # model_config.json records it
+  gone = param_paths(TINY) - param_paths(off)
+  assert gone == {f"joint_encoder.audio_encoder{i}.feature_projection.layer_norm.{p}" for i in (1, 2)
+                  for p in ("scale", "bias")}
+  assert param_paths(off) <= param_paths(TINY)
+  with pytest.raises(table.ConversionError, match="feature_projection_layer_norm=False.*only the released"):
+    pytorch.params_to_state_dict(params_lib.of(abstract_model(off)), off)
+  # the quickstart's model leaves it out; the released model it also trains (and exports) keeps it
+  qs = configs.quickstart()
+  assert not builder.model_config(qs).feature_projection_layer_norm
+  assert builder.model_config(quickstart.released_config(qs)).is_released
+  with qs.unlocked():
+    qs.pretrained_wav2vec2 = str(tmp_path)
+  with pytest.raises(ValueError, match="feature_projection_layer_norm=False.*pretrained_wav2vec2"):
+    builder.check_model_options(qs, builder.model_config(qs))
+
+
+def test_feature_projection_without_layer_norm_projects_the_raw_frames():
+  from flax import nnx
+
+  from dualtalk_jax.models.wav2vec2 import Wav2Vec2FeatureProjection
+
+  w2v = TINY.wav2vec2
+  x = np.random.default_rng(0).normal(3.0, 2.0, (2, 5, w2v.conv_dim[-1])).astype(np.float32)
+  with_ln = Wav2Vec2FeatureProjection(w2v, rngs=nnx.Rngs(0))
+  without = Wav2Vec2FeatureProjection(w2v, rngs=nnx.Rngs(1), layer_norm=False)
+  assert not hasattr(without.layer_norm, "scale")
+  nnx.update(without.projection, nnx.state(with_ln.projection))
+  with_ln.eval(), without.eval()
+  np.testing.assert_allclose(without(x), with_ln.projection(x), rtol=1e-6)
+  np.testing.assert_allclose(with_ln(x), with_ln.projection(with_ln.layer_norm(x)), rtol=1e-6)
+  # the LayerNorm removes each frame's scale; without it, the scale reaches the output
+  np.testing.assert_allclose(with_ln(2 * x), with_ln(x), atol=1e-4)
+  assert not np.allclose(without(2 * x), without(x), atol=1e-2)
+
+
 def test_no_partner_motion_predicts_clips_and_windows_without_motion(models):
   from dualtalk_jax.eval import predict as P
 

@@ -14,7 +14,7 @@ def test_quickstart_learns_lip_sync_better_than_the_mean_pose(tmp_path):
   """The README's main job with its own budget, against issue 14's targets: in one pass over
   each whole held-out clip the MSE is at least 2x below the mean-pose baseline (the best
   constant prediction) and the jaw follows the voice at mean Pearson r >= 0.8. Measured
-  (module docstring of train/quickstart.py): 3.48x, r 0.81; in 2 s windows 3.87x, r 0.81."""
+  (module docstring of train/quickstart.py): 3.47x, r 0.85; in 2 s windows 3.76x, r 0.84."""
   from dualtalk_jax.train import quickstart as qs
 
   mse = qs.run(str(tmp_path / "qs"), progress_bar=False)["mse"]

@@ -243,12 +243,12 @@ def write_torch_file(state_dict: Mapping[str, np.ndarray], output: str, *, overw
 
 
 def require_released(cfg: DualTalkConfig, source: str) -> None:
-  """The torch side is the released module tree only: ablations and the interaction
-  residual have no PyTorch counterpart, so they neither export nor import."""
+  """The torch side is the released module tree only: ablations, the interaction residual
+  and an encoder without its feature-projection LayerNorm have no PyTorch counterpart, so
+  they neither export nor import."""
   if not cfg.is_released:
-    what = f"ablation {cfg.ablation!r}" if cfg.ablation else "interaction_residual=True"
-    raise table.ConversionError(f"{source}: holds a model with {what}; only the released DualTalk architecture "
-                                "converts to and from PyTorch (keep this checkpoint in JAX)")
+    raise table.ConversionError(f"{source}: holds a model with {', '.join(cfg.unreleased_parts)}; only the released "
+                                "DualTalk architecture converts to and from PyTorch (keep this checkpoint in JAX)")
 
 
 def torch_key_order(cfg: DualTalkConfig) -> list[str] | None:

@@ -49,7 +49,8 @@ every other shape as released:
 
 `DualTalkConfig.interaction_residual` (not released, off for `large`/`base`) returns
 x + Dropout(SelfAttention(x)) from the interaction module instead of the attention
-output alone.
+output alone. `DualTalkConfig.feature_projection_layer_norm=False` (not released, on for
+`large`/`base`) builds both wav2vec2 encoders without `feature_projection.layer_norm`.
 """
 
 from __future__ import annotations
@@ -94,9 +95,11 @@ class JointEncoder(nnx.Module):
     self.use_mfcc = not cfg.uses_wav2vec2
     self.uses_partner_speech = cfg.uses_partner_speech
     if cfg.uses_wav2vec2:
-      self.audio_encoder1 = Wav2Vec2Model(cfg.wav2vec2, remat=remat, scan_layers=cfg.scan_layers, **kw)
+      enc = dict(remat=remat, scan_layers=cfg.scan_layers,
+                 feature_projection_layer_norm=cfg.feature_projection_layer_norm)
+      self.audio_encoder1 = Wav2Vec2Model(cfg.wav2vec2, **enc, **kw)
       if cfg.uses_partner_speech:
-        self.audio_encoder2 = Wav2Vec2Model(cfg.wav2vec2, remat=remat, scan_layers=cfg.scan_layers, **kw)
+        self.audio_encoder2 = Wav2Vec2Model(cfg.wav2vec2, **enc, **kw)
     audio_dim = cfg.wav2vec2.hidden_size if cfg.uses_wav2vec2 else mfcc.NUM_COEFFS
     self.audio_projection = layers.torch_linear(audio_dim, cfg.feature_dim, **kw)
     if cfg.uses_partner_motion:

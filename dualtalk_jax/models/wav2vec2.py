@@ -273,19 +273,25 @@ class Wav2Vec2FeatureEncoder(nnx.Module):
 
 
 class Wav2Vec2FeatureProjection(nnx.Module):
+  """LayerNorm over each conv frame's channels, then the projection to `hidden_size`.
+
+  `layer_norm=False` (not in HF; `DualTalkConfig.feature_projection_layer_norm`) leaves
+  the LayerNorm out, params included, so the projection sees each frame's scale."""
 
   def __init__(self, config: Wav2Vec2Config, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32,
-               precision=None):
+               precision=None, layer_norm: bool = True):
     c = config.conv_dim[-1]
     bound = math.sqrt(1.0 / c)
     self.layer_norm = nnx.LayerNorm(c, epsilon=config.layer_norm_eps, use_fast_variance=False, dtype=dtype,
-                                    param_dtype=param_dtype, rngs=rngs)
+                                    param_dtype=param_dtype, rngs=rngs) if layer_norm else None
     self.projection = nnx.Linear(c, config.hidden_size, kernel_init=_uniform(bound), bias_init=_uniform(bound),
                                  dtype=dtype, param_dtype=param_dtype, precision=precision, rngs=rngs)
     self.dropout = nnx.Dropout(config.feat_proj_dropout, rngs=rngs)
 
   def __call__(self, x: Array) -> Array:
-    return self.dropout(self.projection(self.layer_norm(x)))
+    if self.layer_norm is not None:
+      x = self.layer_norm(x)
+    return self.dropout(self.projection(x))
 
 
 class WeightNormConv1d(nnx.Module):
@@ -534,19 +540,22 @@ class Wav2Vec2Model(nnx.Module):
   """
 
   def __init__(self, config: Wav2Vec2Config, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32,
-               precision=None, freeze_feature_encoder: bool = True, remat: str = "", scan_layers: bool = True):
+               precision=None, freeze_feature_encoder: bool = True, remat: str = "", scan_layers: bool = True,
+               feature_projection_layer_norm: bool = True):
     """`dtype` is the compute dtype (norm statistics and softmax stay float32); `precision`
     is passed to every matmul/conv (e.g. `jax.lax.Precision.HIGHEST` for f32 parity on GPU);
     `remat` ("" = off) a `jax.checkpoint_policies` name for each encoder layer;
     `scan_layers`: the encoder layers stacked and scanned (default) or a list of modules
-    (see `Wav2Vec2Encoder`; it changes the param layout, not the values)."""
+    (see `Wav2Vec2Encoder`; it changes the param layout, not the values);
+    `feature_projection_layer_norm=False`: no `feature_projection.layer_norm` (not HF's
+    architecture: `Wav2Vec2FeatureProjection`)."""
     self.config = config
     self.dtype = dtype
     self.deterministic = False
     self.freeze_feature_encoder = freeze_feature_encoder
     kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype, precision=precision)
     self.feature_extractor = Wav2Vec2FeatureEncoder(config, **kw)
-    self.feature_projection = Wav2Vec2FeatureProjection(config, **kw)
+    self.feature_projection = Wav2Vec2FeatureProjection(config, layer_norm=feature_projection_layer_norm, **kw)
     self.masked_spec_embed = nnx.Param(jax.random.uniform(_params_key(rngs), (config.hidden_size,), param_dtype))
     self.encoder = Wav2Vec2Encoder(config, remat=remat, scan_layers=scan_layers, **kw)
     self.rngs = rngs["dropout"].fork()  # SpecAugment draws

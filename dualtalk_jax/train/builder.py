@@ -31,14 +31,17 @@ from dualtalk_jax.train import step as step_lib
 
 
 def model_config(config: ml_collections.ConfigDict) -> DualTalkConfig:
-  """The run's model: `config.model`, `wav2vec2_config`, `ablation`, `interaction_residual`, `scan_layers`."""
+  """The run's model: `config.model`, `wav2vec2_config`, `ablation`, `interaction_residual`,
+  `feature_projection_layer_norm`, `scan_layers`."""
   cfg = get_model_config(config.model, config.wav2vec2_config or None, ablation=config.ablation,
-                         interaction_residual=config.interaction_residual)
+                         interaction_residual=config.interaction_residual,
+                         feature_projection_layer_norm=config.feature_projection_layer_norm)
   return dataclasses.replace(cfg, scan_layers=config.scan_layers)
 
 
 def check_model_options(config, cfg: DualTalkConfig) -> None:
-  """Refuses run options that mean nothing for the model's ablation (a clear error, not a no-op)."""
+  """Refuses run options that mean nothing for the model (its ablation, or encoders without
+  the feature-projection LayerNorm that pretrained weights need): a clear error, not a no-op."""
   asked = [name for name, on in (("optim.freeze_wav2vec2", config.optim.freeze_wav2vec2),
                                  ("data.feature_cache", uses_feature_cache(config)),
                                  ("pretrained_wav2vec2", config.pretrained_wav2vec2)) if on]
@@ -47,6 +50,11 @@ def check_model_options(config, cfg: DualTalkConfig) -> None:
   if not cfg.uses_partner_speech and uses_feature_cache(config):
     raise ValueError("ablation 'no_partner_speech' has no audio_encoder2, but the wav2vec2 feature cache is made "
                      "for both encoders; unset data.feature_cache (optim.freeze_wav2vec2 alone works)")
+  pretrained = [name for name in asked if name != "optim.freeze_wav2vec2"]
+  if cfg.uses_wav2vec2 and not cfg.feature_projection_layer_norm and pretrained:
+    raise ValueError(f"feature_projection_layer_norm=False leaves out a layer that pretrained wav2vec2 weights "
+                     f"hold and need, so {', '.join(pretrained)} cannot apply; unset it or set "
+                     "feature_projection_layer_norm=True")
 
 
 def compute_dtype(config) -> Any:
