@@ -158,7 +158,8 @@ def test_model_with_cached_features_equals_frozen_model_on_audio(world):
 def _config(data_dir, ckpt, **overrides):
   # the model of the checkpoints made here (CFG); one compile for one device: fast
   return run_config(data_dir, window_frames=W, **{
-      "model": "tiny", "interaction_residual": False, "data.clips_per_block": 2, "init_checkpoint": ckpt,
+      "model": "tiny", "interaction_residual": False, "feature_projection_layer_norm": True, "data.clips_per_block": 2,
+      "init_checkpoint": ckpt,
       "optim.freeze_feature_extractor": True, "total_steps": 2, "checkpoint_every": 100, "mesh.num_devices": 1,
       **overrides})
 
