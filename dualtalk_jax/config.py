@@ -199,7 +199,7 @@ class DualTalkConfig:
   def is_released(self) -> bool:
     """Whether this is the released architecture (no ablation, no added residual, the
     wav2vec2 feature-projection LayerNorm in place)."""
-    return not self.ablation and not self.interaction_residual and self.feature_projection_layer_norm
+    return not self.unreleased_parts
 
   @property
   def unreleased_parts(self) -> list[str]:
